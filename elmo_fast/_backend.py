@@ -1,0 +1,63 @@
+"""The one place that picks a kernel backend.
+
+Order of preference: cuda -> triton -> cpp -> torch (the eager reference, always available).
+`ELMO_FAST_BACKEND=torch|cpp|triton|cuda` overrides the choice for every op; asking for a backend
+that cannot run on the tensor's device, or is not installed, is an error rather than a silent
+fallback, so benchmarks never measure something other than what they name.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+ENV = "ELMO_FAST_BACKEND"
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backend_available(backend: str, device: torch.device) -> bool:
+    if backend == "torch":
+        return True
+    if backend == "cpp":
+        return device.type == "cpu" and _ext.cpp_ext() is not None
+    if backend == "cuda":
+        return device.type == "cuda" and _ext.cuda_ext() is not None
+    if backend == "triton":
+        # On the CPU Triton only runs under its interpreter (tests); never chosen by default there.
+        return _ext.has_triton() and (device.type == "cuda" or _interpret())
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    device = torch.device(device)
+    return [b for b in BACKENDS if backend_available(b, device)]
+
+
+def choose_backend(device: torch.device, supported: tuple[str, ...], requested: str | None = None) -> str:
+    """Backend for an op that implements `supported` on `device`.
+
+    `requested` (an argument) wins over the environment; with neither, the fastest available.
+    """
+    device = torch.device(device)
+    requested = requested or os.environ.get(ENV) or None
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"unknown backend {requested!r} (from {ENV} or backend=); choose one of {BACKENDS}")
+        if requested not in supported:
+            raise ValueError(f"backend {requested!r} is not implemented for this op; it has {supported}")
+        if not backend_available(requested, device):
+            hint = _ext.INSTALL_HINT if requested in ("cpp", "cuda") else "pip install triton (GPU, or TRITON_INTERPRET=1 on CPU)"
+            raise RuntimeError(f"backend {requested!r} cannot run on {device.type} here; install it ({hint}) or unset {ENV}")
+        return requested
+    order = ("cuda", "triton", "cpp", "torch") if device.type == "cuda" else ("cpp", "triton", "torch")
+    for b in order:
+        if b in supported and backend_available(b, device) and not (b == "triton" and device.type == "cpu"):
+            return b
+    return "torch"

@@ -1,0 +1,95 @@
+"""The bidirectional LM: character encoder + stacked biLSTM, returning every layer."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..chars import batch_to_ids
+from ..options import OptionsLike, clip_value, load_options
+from .char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
+from .lstm import ElmoLstm
+
+logger = logging.getLogger(__name__)
+
+
+class ElmoBiLm(nn.Module):
+    """AllenNLP's `_ElmoBiLm`: `_token_embedder` + `_elmo_lstm`, the same state_dict keys.
+
+    Args:
+        options_file: path to options.json, a preset name ('tiny', 'small', 'original') or a dict.
+        weight_file: weights.hdf5 (published layout) or a .safetensors checkpoint; None = random init.
+        requires_grad: whether the loaded weights are trainable.
+        vocab_to_cache: words whose vectors are computed once; forward then accepts word ids.
+        stateful: carry (h, c) across calls as AllenNLP does (True) or start from zeros every call.
+        backend: kernel backend for both ops (None: the fastest available, see `elmo_fast._backend`).
+    """
+
+    def __init__(self, options_file: OptionsLike, weight_file=None, requires_grad: bool = False,
+                 vocab_to_cache: list[str] | None = None, stateful: bool = True, backend: str | None = None):
+        super().__init__()
+        self.options = load_options(options_file)
+        lstm = self.options["lstm"]
+        self._token_embedder = ElmoCharacterEncoder(self.options, backend=backend)
+        self._requires_grad = requires_grad
+        if requires_grad and vocab_to_cache:
+            logger.warning("vocab_to_cache with requires_grad=True: the cached word vectors will not be fine-tuned")
+        self._elmo_lstm = ElmoLstm(
+            input_size=lstm["projection_dim"], hidden_size=lstm["projection_dim"], cell_size=lstm["dim"],
+            num_layers=lstm["n_layers"], memory_cell_clip_value=clip_value(lstm.get("cell_clip")),
+            state_projection_clip_value=clip_value(lstm.get("proj_clip")), stateful=stateful, backend=backend,
+        )
+        self.num_layers = lstm["n_layers"] + 1
+        self.output_dim = 2 * lstm["projection_dim"]
+        if weight_file is not None:
+            from ..weights import load_weights
+
+            load_weights(self, weight_file)
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        self._word_embedding: nn.Embedding | None = None
+        self._bos_embedding: torch.Tensor | None = None
+        self._eos_embedding: torch.Tensor | None = None
+        if vocab_to_cache:
+            self.create_cached_cnn_embeddings(vocab_to_cache)
+
+    def set_backend(self, backend: str | None) -> None:
+        self._token_embedder.backend = backend
+        self._elmo_lstm.set_backend(backend)
+
+    def reset_states(self) -> None:
+        self._elmo_lstm.reset_states()
+
+    def get_output_dim(self) -> int:
+        return self.output_dim
+
+    @torch.no_grad()
+    def create_cached_cnn_embeddings(self, tokens: list[str], batch_size: int = 4096) -> None:
+        """Run the character encoder once over `["<S>", "</S>"] + tokens` and keep the vectors."""
+        words = ["<S>", "</S>"] + list(tokens)
+        ids = batch_to_ids([words])[0].to(self._token_embedder._char_embedding_weights.device)
+        vecs = torch.cat([self._token_embedder.encode_ids(ids[i : i + batch_size]) for i in range(0, len(words), batch_size)])
+        self._bos_embedding, self._eos_embedding = vecs[0], vecs[1]
+        self._word_embedding = nn.Embedding.from_pretrained(vecs, freeze=True)
+
+    def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
+        """inputs `[B, T, 50]` char ids (or word ids `[B, T]` with a cached vocabulary) ->
+        {'activations': num_layers x `[B, T+2, 2P]`, 'mask': `[B, T+2]` bool}."""
+        if self._word_embedding is not None and word_inputs is not None:
+            if int(word_inputs.max(initial=0) if word_inputs.numel() else 0) >= self._word_embedding.num_embeddings:
+                raise ValueError(
+                    f"word id {int(word_inputs.max())} is outside the cached vocabulary of {self._word_embedding.num_embeddings}"
+                )
+            mask_no_bounds = word_inputs > 0
+            type_repr, mask = add_sentence_boundary_token_ids(
+                self._word_embedding(word_inputs), mask_no_bounds, self._bos_embedding, self._eos_embedding
+            )
+        else:
+            token = self._token_embedder(inputs)
+            mask, type_repr = token["mask"], token["token_embedding"]
+        lstm_outputs = self._elmo_lstm(type_repr, mask)
+        activations = [torch.cat([type_repr, type_repr], dim=-1) * mask.unsqueeze(-1).to(type_repr.dtype)]
+        activations.extend(lstm_outputs.unbind(0))
+        return {"activations": activations, "mask": mask}

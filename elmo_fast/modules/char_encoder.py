@@ -1,0 +1,105 @@
+"""Character encoder module with AllenNLP's parameter names (`_char_embedding_weights`,
+`char_conv_{i}`, `_highways._layers.{k}`, `_projection`), so its state_dict loads unchanged."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..chars import BOS_IDS, EOS_IDS
+from ..ops.char_cnn import char_cnn
+
+
+class Highway(nn.Module):
+    """`y = sigmoid(g) * x + (1 - sigmoid(g)) * relu(n)` with `[n, g] = Linear(F, 2F)(x)`."""
+
+    def __init__(self, input_dim: int, num_layers: int):
+        super().__init__()
+        self.input_dim = input_dim
+        self._layers = nn.ModuleList([nn.Linear(input_dim, input_dim * 2) for _ in range(num_layers)])
+        for layer in self._layers:
+            # Start as a carry-biased highway (gate ~ sigmoid(1)), as AllenNLP does.
+            nn.init.zeros_(layer.bias)
+            layer.bias.data[input_dim:].fill_(1.0)
+
+
+class ElmoCharacterEncoder(nn.Module):
+    def __init__(self, options: dict, backend: str | None = None):
+        super().__init__()
+        cnn = options["char_cnn"]
+        self._options = options
+        self.backend = backend
+        self.activation = cnn["activation"]
+        self.output_dim = options["lstm"]["projection_dim"]
+        E = cnn["embedding"]["dim"]
+        F_total = sum(f[1] for f in cnn["filters"])
+        weights = torch.empty(262, E).uniform_(-1, 1)
+        weights[0] = 0.0
+        self._char_embedding_weights = nn.Parameter(weights)
+        for i, (width, num) in enumerate(cnn["filters"]):
+            self.add_module(f"char_conv_{i}", nn.Conv1d(E, num, kernel_size=width, bias=True))
+        self.n_filters_total = F_total
+        self.num_filters = len(cnn["filters"])
+        self._highways = Highway(F_total, cnn["n_highway"])
+        self._projection = nn.Linear(F_total, self.output_dim, bias=True)
+        self.register_buffer("_beginning_of_sentence_characters", torch.from_numpy(BOS_IDS.copy()), persistent=False)
+        self.register_buffer("_end_of_sentence_characters", torch.from_numpy(EOS_IDS.copy()), persistent=False)
+
+    @property
+    def convolutions(self) -> list[nn.Conv1d]:
+        return [getattr(self, f"char_conv_{i}") for i in range(self.num_filters)]
+
+    def encode_ids(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """`[N, 50]` char ids (no boundary handling) -> `[N, P]`."""
+        convs = self.convolutions
+        return char_cnn(
+            char_ids,
+            self._char_embedding_weights,
+            [c.weight for c in convs],
+            [c.bias for c in convs],
+            [layer.weight for layer in self._highways._layers],
+            [layer.bias for layer in self._highways._layers],
+            self._projection.weight,
+            self._projection.bias,
+            self.activation,
+            backend=self.backend,
+        )
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`inputs` `[B, T, 50]` char ids -> {'mask': `[B, T+2]` bool, 'token_embedding': `[B, T+2, P]`}."""
+        ids, mask = add_sentence_boundary_token_ids(
+            inputs, (inputs > 0).any(dim=-1), self._beginning_of_sentence_characters, self._end_of_sentence_characters
+        )
+        B, T2, W = ids.shape
+        emb = self.encode_ids(ids.reshape(B * T2, W))
+        return {"mask": mask, "token_embedding": emb.view(B, T2, -1)}
+
+
+def add_sentence_boundary_token_ids(tensor: torch.Tensor, mask: torch.Tensor, bos: torch.Tensor, eos: torch.Tensor):
+    """Insert `bos` at position 0 and `eos` right after each row's last real position.
+
+    `tensor` `[B, T, D]`, `mask` `[B, T]` -> (`[B, T+2, D]`, new mask `[B, T+2]`). Works for char ids
+    and for cached word vectors alike; vectorised (no per-row Python loop).
+    """
+    B, T = mask.shape
+    lengths = mask.sum(dim=1)
+    out = tensor.new_zeros((B, T + 2) + tuple(tensor.shape[2:]))
+    out[:, 1:-1] = tensor
+    rows = torch.arange(B, device=tensor.device)
+    out[:, 0] = bos.to(out.dtype)
+    out[rows, lengths + 1] = eos.to(out.dtype)
+    new_mask = torch.zeros(B, T + 2, dtype=torch.bool, device=tensor.device)
+    positions = torch.arange(T + 2, device=tensor.device)
+    new_mask = positions[None, :] < (lengths + 2)[:, None]
+    return out, new_mask
+
+
+def remove_sentence_boundaries(tensor: torch.Tensor, mask: torch.Tensor):
+    """Inverse of `add_sentence_boundary_token_ids`: `[B, T+2, D]` -> (`[B, T, D]`, mask `[B, T]`)."""
+    B, T2 = mask.shape
+    lengths = mask.sum(dim=1) - 2  # real tokens per row
+    T = T2 - 2
+    positions = torch.arange(T, device=tensor.device)
+    new_mask = positions[None, :] < lengths[:, None]
+    out = tensor[:, 1:-1] * new_mask.unsqueeze(-1).to(tensor.dtype)
+    return out, new_mask

@@ -1,0 +1,105 @@
+"""`elmo_fast.Elmo`: AllenNLP's `Elmo` with the same arguments, output dict and parameter names."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .bilm import ElmoBiLm
+from .char_encoder import remove_sentence_boundaries
+from .scalar_mix import ScalarMix
+
+
+class Elmo(nn.Module):
+    """Contextual word representations: a pretrained biLM plus `num_output_representations`
+    trainable scalar mixes of its layers.
+
+    Args (as AllenNLP's `Elmo`):
+        options_file: options.json path (also a preset name or a dict).
+        weight_file: weights.hdf5 in the published layout, or an elmo_fast .safetensors checkpoint.
+        num_output_representations: how many differently-mixed representations to return.
+        requires_grad: fine-tune the biLM weights (the mixes are trainable either way).
+        do_layer_norm: normalise each layer with one batch-wide mean/variance before mixing.
+        dropout: applied to each returned representation.
+        vocab_to_cache: precompute word vectors for these words; forward then takes `word_inputs`.
+        keep_sentence_boundaries: keep the `<S>`/`</S>` positions in the output.
+        scalar_mix_parameters: fixed (untrainable) mix weights for every representation.
+        module: an existing `ElmoBiLm` to use instead of loading one.
+    Extra (keyword-only):
+        stateful: carry the LSTM state across calls like AllenNLP (default) or start fresh each call.
+        backend: 'torch' | 'cpp' | 'triton' | 'cuda' | None (fastest available).
+
+    Returns from `forward`: {'elmo_representations': N x `[B, T, 2P]`, 'mask': `[B, T]` bool}.
+
+    Example:
+        >>> from elmo_fast import Elmo, batch_to_ids
+        >>> elmo = Elmo("options.json", "weights.hdf5", 1, dropout=0)
+        >>> out = elmo(batch_to_ids([["First", "sentence", "."], ["Another", "."]]))
+        >>> out["elmo_representations"][0].shape   # [2, 3, 2P]
+    """
+
+    def __init__(self, options_file, weight_file, num_output_representations: int, requires_grad: bool = False,
+                 do_layer_norm: bool = False, dropout: float = 0.5, vocab_to_cache: list[str] | None = None,
+                 keep_sentence_boundaries: bool = False, scalar_mix_parameters: list[float] | None = None,
+                 module: ElmoBiLm | None = None, *, stateful: bool = True, backend: str | None = None):
+        super().__init__()
+        if num_output_representations < 1:
+            raise ValueError(f"num_output_representations must be >= 1, got {num_output_representations}")
+        if module is not None:
+            if options_file is not None or weight_file is not None:
+                raise ValueError("Don't provide options_file or weight_file with module")
+            self._elmo_lstm = module
+            if backend is not None:
+                module.set_backend(backend)
+        else:
+            self._elmo_lstm = ElmoBiLm(options_file, weight_file, requires_grad=requires_grad,
+                                       vocab_to_cache=vocab_to_cache, stateful=stateful, backend=backend)
+        self._has_cached_vocab = vocab_to_cache is not None
+        self._keep_sentence_boundaries = keep_sentence_boundaries
+        self._dropout = nn.Dropout(p=dropout)
+        self._scalar_mixes: list[ScalarMix] = []
+        for k in range(num_output_representations):
+            mix = ScalarMix(self._elmo_lstm.num_layers, do_layer_norm=do_layer_norm,
+                            initial_scalar_parameters=scalar_mix_parameters, trainable=scalar_mix_parameters is None)
+            self.add_module(f"scalar_mix_{k}", mix)
+            self._scalar_mixes.append(mix)
+
+    def get_output_dim(self) -> int:
+        return self._elmo_lstm.get_output_dim()
+
+    def reset_states(self) -> None:
+        self._elmo_lstm.reset_states()
+
+    def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
+        """inputs: char ids `[B, T, 50]` (or `[..., T, 50]`); word_inputs: `[B, T]` ids into the cached vocabulary."""
+        if inputs.dim() < 3 or inputs.shape[-1] != 50:
+            raise ValueError(f"inputs must be character ids [batch, tokens, 50] from batch_to_ids, got shape {tuple(inputs.shape)}")
+        if inputs.shape[:-2].numel() == 0:
+            raise ValueError("Elmo got an empty batch (0 sentences); pass at least one sentence")
+        original_shape = inputs.shape
+        reshaped = inputs.reshape(-1, *original_shape[-2:]) if inputs.dim() > 3 else inputs
+        reshaped_words = None
+        if word_inputs is not None:
+            if not self._has_cached_vocab:
+                raise ValueError("word_inputs need a cached vocabulary: construct Elmo with vocab_to_cache=[...]")
+            reshaped_words = word_inputs.reshape(-1, word_inputs.shape[-1]) if word_inputs.dim() > 2 else word_inputs
+        bilm = self._elmo_lstm(reshaped, reshaped_words)
+        layers, mask_bounds = bilm["activations"], bilm["mask"]
+        representations = []
+        mask = mask_bounds
+        for mix in self._scalar_mixes:
+            rep = mix(layers, mask_bounds)
+            if not self._keep_sentence_boundaries:
+                rep, mask = remove_sentence_boundaries(rep, mask_bounds)
+            representations.append(self._dropout(rep))
+        if word_inputs is not None and word_inputs.dim() > 2:
+            lead = tuple(word_inputs.shape)
+        elif inputs.dim() > 3:
+            lead = tuple(original_shape[:-1])
+        else:
+            lead = None
+        if lead is not None:
+            lead = lead[:-1] + (mask.shape[-1],)
+            mask = mask.view(lead)
+            representations = [r.view(lead + (-1,)) for r in representations]
+        return {"elmo_representations": representations, "mask": mask}

@@ -1,0 +1,144 @@
+"""The stacked bidirectional LSTM of ELMo, with AllenNLP's parameter names
+(`forward_layer_{l}` / `backward_layer_{l}`, each with `input_linearity`, `state_linearity`,
+`state_projection`) and its stateful semantics. Every direction of every layer runs through the
+`lstm_proj` sequence op, so the backend is chosen in one place."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.lstm_proj import lstm_proj
+
+
+class LstmCellWithProjection(nn.Module):
+    """One direction of one layer: input map (no bias), recurrent map (the bias), projection C -> P."""
+
+    def __init__(self, input_size: int, hidden_size: int, cell_size: int, go_forward: bool = True,
+                 memory_cell_clip_value: float | None = None, state_projection_clip_value: float | None = None,
+                 backend: str | None = None):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.cell_size = cell_size
+        self.go_forward = go_forward
+        self.memory_cell_clip_value = memory_cell_clip_value
+        self.state_projection_clip_value = state_projection_clip_value
+        self.backend = backend
+        self.input_linearity = nn.Linear(input_size, 4 * cell_size, bias=False)
+        self.state_linearity = nn.Linear(hidden_size, 4 * cell_size, bias=True)
+        self.state_projection = nn.Linear(cell_size, hidden_size, bias=False)
+        with torch.no_grad():
+            nn.init.zeros_(self.state_linearity.bias)
+            self.state_linearity.bias[cell_size : 2 * cell_size].fill_(1.0)  # forget-gate bias
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, initial_state=None):
+        """inputs `[B, T, I]`, lengths `[B]`, initial_state (h `[B, P]`, c `[B, C]`) or None.
+
+        Returns (outputs `[B, T, P]`, (h_n `[B, P]`, c_n `[B, C]`))."""
+        h0, c0 = initial_state if initial_state is not None else (None, None)
+        out, h, c = lstm_proj(
+            inputs, lengths, self.input_linearity.weight, self.state_linearity.weight, self.state_linearity.bias,
+            self.state_projection.weight, self.memory_cell_clip_value, self.state_projection_clip_value,
+            reverse=not self.go_forward, h0=h0, c0=c0, backend=self.backend,
+        )
+        return out, (h, c)
+
+
+class ElmoLstm(nn.Module):
+    """Two separate stacks (forward, backward) with residual connections above the first layer.
+
+    stateful=True keeps AllenNLP's semantics: the final (h, c) of every row, layer and direction
+    become the next call's initial state until `reset_states()`; stateless runs start from zeros.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, cell_size: int, num_layers: int,
+                 memory_cell_clip_value: float | None = None, state_projection_clip_value: float | None = None,
+                 stateful: bool = True, backend: str | None = None):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.cell_size = cell_size
+        self.num_layers = num_layers
+        self.stateful = stateful
+        self._states: tuple[torch.Tensor, torch.Tensor] | None = None
+        size = input_size
+        for layer in range(num_layers):
+            for name, forward in (("forward", True), ("backward", False)):
+                self.add_module(f"{name}_layer_{layer}", LstmCellWithProjection(
+                    size, hidden_size, cell_size, forward, memory_cell_clip_value, state_projection_clip_value, backend))
+            size = hidden_size
+
+    @property
+    def forward_layers(self) -> list[LstmCellWithProjection]:
+        return [getattr(self, f"forward_layer_{k}") for k in range(self.num_layers)]
+
+    @property
+    def backward_layers(self) -> list[LstmCellWithProjection]:
+        return [getattr(self, f"backward_layer_{k}") for k in range(self.num_layers)]
+
+    def set_backend(self, backend: str | None) -> None:
+        for layer in self.forward_layers + self.backward_layers:
+            layer.backend = backend
+
+    def reset_states(self, mask: torch.Tensor | None = None) -> None:
+        """Forget the carried state (all rows, or only the rows where `mask` `[B]` is True)."""
+        if mask is None or self._states is None:
+            self._states = None
+            return
+        keep = (~mask.bool()).to(self._states[0].dtype).view(1, -1, 1)
+        self._states = tuple(s * keep[:, : s.shape[1]] for s in self._states)
+
+    def _initial_states(self, batch_size: int):
+        if not self.stateful or self._states is None:
+            return None
+        h, c = self._states
+        stored = h.shape[1]
+        if batch_size > stored:  # new rows start from zero
+            h = torch.cat([h, h.new_zeros(h.shape[0], batch_size - stored, h.shape[2])], 1)
+            c = torch.cat([c, c.new_zeros(c.shape[0], batch_size - stored, c.shape[2])], 1)
+            self._states = (h, c)
+        return h[:, :batch_size], c[:, :batch_size]
+
+    def _update_states(self, h_n: torch.Tensor, c_n: torch.Tensor) -> None:
+        h_n, c_n = h_n.detach(), c_n.detach()
+        if self._states is None:
+            self._states = (h_n, c_n)
+            return
+        # As AllenNLP: a row whose new first-layer state is all zero keeps its old state (h and c
+        # are judged separately); rows beyond this batch keep theirs.
+        new = []
+        for old, fresh in zip(self._states, (h_n, c_n)):
+            n = fresh.shape[1]
+            used = (fresh[0].sum(-1) != 0.0).to(fresh.dtype).view(1, -1, 1)
+            merged = old.clone()
+            merged[:, :n] = fresh + old[:, :n] * (1 - used)
+            new.append(merged)
+        self._states = (new[0], new[1])
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """inputs `[B, T, I]`, mask `[B, T]` -> stacked layer outputs `[L, B, T, 2P]`."""
+        B, T, _ = inputs.shape
+        lengths = mask.sum(dim=1).to(torch.long)
+        init = self._initial_states(B)
+        P, C = self.hidden_size, self.cell_size
+        fwd_in = bwd_in = inputs
+        outputs, final_h, final_c = [], [], []
+        for k, (fl, bl) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if init is not None:
+                h, c = init[0][k], init[1][k]
+                f_state, b_state = (h[:, :P], c[:, :C]), (h[:, P:], c[:, C:])
+            else:
+                f_state = b_state = None
+            f_out, (fh, fc) = fl(fwd_in, lengths, f_state)
+            b_out, (bh, bc) = bl(bwd_in, lengths, b_state)
+            if k != 0:
+                f_out = f_out + fwd_in
+                b_out = b_out + bwd_in
+            outputs.append(torch.cat([f_out, b_out], -1))
+            final_h.append(torch.cat([fh, bh], -1))
+            final_c.append(torch.cat([fc, bc], -1))
+            fwd_in, bwd_in = f_out, b_out
+        if self.stateful:
+            self._update_states(torch.stack(final_h), torch.stack(final_c))
+        return torch.stack(outputs)

@@ -1,0 +1,52 @@
+"""Eager character encoder: embedding, convolutions + max-over-time, highway, projection.
+
+This mirrors AllenNLP's `_ElmoCharacterEncoder.forward` step for step (one conv1d per filter width,
+the [N, F_i, 50 - w + 1] activations materialised); it is the oracle for every fused kernel and the
+baseline the benchmarks measure against.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def char_cnn_ref(
+    char_ids: torch.Tensor,
+    char_embedding: torch.Tensor,
+    conv_weights: Sequence[torch.Tensor],
+    conv_biases: Sequence[torch.Tensor],
+    highway_weights: Sequence[torch.Tensor],
+    highway_biases: Sequence[torch.Tensor],
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor,
+    activation: str = "relu",
+) -> torch.Tensor:
+    """Character ids to projected word vectors.
+
+    Args:
+        char_ids: int64 `[N, W]` (W = 50 characters per token), values in [0, 262).
+        char_embedding: `[262, E]`; row 0 is the all-zero "no character" row.
+        conv_weights: per filter i, `[F_i, E, w_i]` (PyTorch Conv1d layout); conv_biases `[F_i]`.
+        highway_weights: per layer `[2F, F]` (rows: transform half n, then gate half g); biases `[2F]`.
+        proj_weight: `[P, F]`; proj_bias `[P]`.
+        activation: 'relu' or 'tanh', applied after max-pooling.
+
+    Returns:
+        `[N, P]` in the dtype of the weights.
+    """
+    act = torch.relu if activation == "relu" else torch.tanh
+    x = F.embedding(char_ids, char_embedding).transpose(1, 2)  # [N, E, W]
+    convs = []
+    for w, b in zip(conv_weights, conv_biases):
+        y = F.conv1d(x, w, b)  # [N, F_i, W - w_i + 1]
+        y, _ = torch.max(y, dim=-1)
+        convs.append(act(y))
+    h = torch.cat(convs, dim=-1)  # [N, F]
+    for w, b in zip(highway_weights, highway_biases):
+        n, g = F.linear(h, w, b).chunk(2, dim=-1)
+        g = torch.sigmoid(g)
+        h = g * h + (1 - g) * torch.relu(n)
+    return F.linear(h, proj_weight, proj_bias)

@@ -1,0 +1,131 @@
+"""ELMo `options.json`: loading, validation and the published presets.
+
+The options file is the single source of truth for shapes; everything that reads weights checks
+them against it, so a mismatch is reported with the option and the dataset that disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Union
+
+_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
+
+
+def _preset(dim: int, proj: int, n_highway: int, filters=_FILTERS, n_layers: int = 2) -> dict:
+    return {
+        "lstm": {
+            "use_skip_connections": True,
+            "projection_dim": proj,
+            "cell_clip": 3,
+            "proj_clip": 3,
+            "dim": dim,
+            "n_layers": n_layers,
+        },
+        "char_cnn": {
+            "activation": "relu",
+            "filters": [list(f) for f in filters],
+            "n_highway": n_highway,
+            "embedding": {"dim": 16},
+            "n_characters": 262,
+            "max_characters_per_token": 50,
+        },
+    }
+
+
+#: Published configurations (AllenNLP/bilm-tf) plus a `tiny` one for CPU pretraining and tests.
+PRESETS: dict[str, dict] = {
+    "tiny": _preset(512, 128, 1, filters=[[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 256]]),
+    "small": _preset(1024, 128, 1),
+    "medium": _preset(2048, 256, 1),
+    "original": _preset(4096, 512, 2),
+}
+
+OptionsLike = Union[str, os.PathLike, dict]
+
+
+class OptionsError(ValueError):
+    """An options.json that is missing a key, has an unknown key, or disagrees with the weights."""
+
+
+_REQUIRED = {
+    "lstm": {"projection_dim", "dim", "n_layers"},
+    "char_cnn": {"activation", "filters", "n_highway", "embedding", "n_characters", "max_characters_per_token"},
+}
+_KNOWN = {
+    "lstm": _REQUIRED["lstm"] | {"use_skip_connections", "cell_clip", "proj_clip"},
+    "char_cnn": _REQUIRED["char_cnn"],
+}
+# bilm-tf writes training-time keys next to the model ones; they do not affect the forward pass.
+_IGNORED_TOP = {"bidirectional", "dropout", "n_tokens_vocab", "unroll_steps", "n_negative_samples_batch", "all_clip_norm_val", "n_epochs", "n_train_tokens", "batch_size"}
+
+
+def load_options(options: OptionsLike) -> dict:
+    """Read and validate options from a path to options.json, a preset name or a dict."""
+    if isinstance(options, dict):
+        opts = copy.deepcopy(options)
+        where = "options dict"
+    elif isinstance(options, str) and options in PRESETS:
+        return copy.deepcopy(PRESETS[options])
+    else:
+        where = os.fspath(options)
+        if not os.path.exists(where):
+            raise FileNotFoundError(f"options file {where!r} does not exist (expected an ELMo options.json or one of {sorted(PRESETS)})")
+        try:
+            with open(where, encoding="utf-8") as f:
+                opts = json.load(f)
+        except json.JSONDecodeError as e:
+            raise OptionsError(f"{where} is not valid JSON ({e}); expected an ELMo options.json") from None
+    validate_options(opts, where)
+    return opts
+
+
+def validate_options(opts: Any, where: str = "options") -> None:
+    if not isinstance(opts, dict):
+        raise OptionsError(f"{where}: expected a JSON object with 'lstm' and 'char_cnn', got {type(opts).__name__}")
+    for section in ("lstm", "char_cnn"):
+        if section not in opts:
+            raise OptionsError(f"{where}: missing section {section!r} (an ELMo options.json has 'lstm' and 'char_cnn')")
+        missing = _REQUIRED[section] - set(opts[section])
+        if missing:
+            raise OptionsError(f"{where}: {section} is missing option(s) {sorted(missing)}")
+        unknown = set(opts[section]) - _KNOWN[section]
+        if unknown:
+            raise OptionsError(f"{where}: unknown option(s) {sorted(unknown)} in {section}; known: {sorted(_KNOWN[section])}")
+    unknown_top = set(opts) - {"lstm", "char_cnn"} - _IGNORED_TOP
+    if unknown_top:
+        raise OptionsError(f"{where}: unknown top-level option(s) {sorted(unknown_top)}")
+    cnn, lstm = opts["char_cnn"], opts["lstm"]
+    if cnn["activation"] not in ("relu", "tanh"):
+        raise OptionsError(f"{where}: char_cnn.activation must be 'relu' or 'tanh', got {cnn['activation']!r}")
+    if cnn["max_characters_per_token"] != 50:
+        raise OptionsError(f"{where}: max_characters_per_token must be 50 (the width batch_to_ids produces), got {cnn['max_characters_per_token']}")
+    if cnn["n_characters"] not in (261, 262):
+        raise OptionsError(f"{where}: n_characters must be 262 (261 byte/marker ids + padding), got {cnn['n_characters']}")
+    filters = cnn["filters"]
+    if not filters or any(len(f) != 2 or not (1 <= f[0] <= 50) or f[1] < 1 for f in filters):
+        raise OptionsError(f"{where}: char_cnn.filters must be a non-empty list of [width (1..50), count >= 1], got {filters}")
+    if "dim" not in cnn["embedding"]:
+        raise OptionsError(f"{where}: char_cnn.embedding must have 'dim'")
+    if lstm["n_layers"] < 1 or lstm["dim"] < 1 or lstm["projection_dim"] < 1:
+        raise OptionsError(f"{where}: lstm.n_layers, dim and projection_dim must be positive")
+    if not lstm.get("use_skip_connections", True) and lstm["n_layers"] > 1:
+        # AllenNLP's ElmoLstm always adds the residual; a file saying otherwise would be silently wrong.
+        raise OptionsError(f"{where}: use_skip_connections=false is not supported (AllenNLP's ELMo always uses them)")
+
+
+def n_filters(opts: dict) -> int:
+    return sum(f[1] for f in opts["char_cnn"]["filters"])
+
+
+def clip_value(v) -> float | None:
+    """A clip of 0 or null means no clip."""
+    return float(v) if v else None
+
+
+def save_options(opts: dict, path: str | os.PathLike) -> None:
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(opts, indent=2) + "\n")

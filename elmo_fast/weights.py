@@ -1,0 +1,237 @@
+"""Weight files: the published `weights.hdf5` layout (read and write) and our safetensors checkpoint.
+
+HDF5 layout (TensorFlow convention `y = x @ W`, gate blocks i, j, f, o, forget bias added at run
+time); see SPEC.md. Conversions to PyTorch are transposes, block swaps and negations, which are
+exact; the +1.0 forget bias is not (b + 1 - 1 != b in float32), so the original TF bias is remembered
+at load time and written back while the parameter is untouched: an HDF5 -> Elmo -> HDF5 round trip
+is bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from .options import validate_options
+from .utils import atomic_path
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class WeightFileError(ValueError):
+    """A weight file that is not what the options describe (missing dataset, wrong shape, bad format)."""
+
+
+def _lstm_group(direction: int, layer: int) -> str:
+    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+
+
+def _is_hdf5(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == HDF5_MAGIC
+
+
+def load_weights(bilm, path) -> None:
+    """Fill an `ElmoBiLm` from weights.hdf5 or a .safetensors checkpoint (chosen by content)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist")
+    if _is_hdf5(path):
+        load_hdf5(bilm, path)
+    elif _is_safetensors(path):
+        load_checkpoint_into(bilm, path)
+    else:
+        raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
+
+
+def _dataset(f, name: str, shape: tuple, path: str, option_hint: str) -> np.ndarray:
+    if name not in f:
+        raise WeightFileError(f"{path}: missing HDF5 dataset {name!r} ({option_hint}); the file does not match the options")
+    data = f[name][...]
+    if tuple(data.shape) != tuple(shape):
+        raise WeightFileError(f"{path}: dataset {name!r} has shape {tuple(data.shape)} but the options imply {tuple(shape)} ({option_hint})")
+    return np.asarray(data, dtype=np.float32)
+
+
+def load_hdf5(bilm, path) -> None:
+    import h5py
+
+    path = os.fspath(path)
+    opts = bilm.options
+    cnn, lstm_opts = opts["char_cnn"], opts["lstm"]
+    enc = bilm._token_embedder
+    E = cnn["embedding"]["dim"]
+    F_total = enc.n_filters_total
+    P, C = lstm_opts["projection_dim"], lstm_opts["dim"]
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightFileError(f"{path} could not be read as HDF5 ({e})") from None
+    with f, torch.no_grad():
+        char = _dataset(f, "char_embed", (261, E), path, "char_cnn.embedding.dim")
+        emb = np.zeros((262, E), dtype=np.float32)
+        emb[1:] = char
+        enc._char_embedding_weights.copy_(torch.from_numpy(emb))
+        for i, (width, num) in enumerate(cnn["filters"]):
+            w = _dataset(f, f"CNN/W_cnn_{i}", (1, width, E, num), path, f"char_cnn.filters[{i}] = [{width}, {num}]")
+            b = _dataset(f, f"CNN/b_cnn_{i}", (num,), path, f"char_cnn.filters[{i}]")
+            conv = getattr(enc, f"char_conv_{i}")
+            conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[0].transpose(2, 1, 0))))  # [num, E, width]
+            conv.bias.copy_(torch.from_numpy(b))
+        extra = f"CNN/W_cnn_{len(cnn['filters'])}"
+        if extra in f:
+            raise WeightFileError(f"{path}: has dataset {extra!r} but the options list only {len(cnn['filters'])} filters")
+        for k, layer in enumerate(enc._highways._layers):
+            g = f"CNN_high_{k}"
+            hint = f"char_cnn.n_highway = {cnn['n_highway']}"
+            wt = _dataset(f, f"{g}/W_transform", (F_total, F_total), path, hint)
+            bt = _dataset(f, f"{g}/b_transform", (F_total,), path, hint)
+            wc = _dataset(f, f"{g}/W_carry", (F_total, F_total), path, hint)
+            bc = _dataset(f, f"{g}/b_carry", (F_total,), path, hint)
+            layer.weight.copy_(torch.from_numpy(np.concatenate([wt.T, -wc.T], axis=0)))
+            layer.bias.copy_(torch.from_numpy(np.concatenate([bt, -bc])))
+        if f"CNN_high_{cnn['n_highway']}" in f:
+            raise WeightFileError(f"{path}: has more highway layers than char_cnn.n_highway = {cnn['n_highway']}")
+        wp = _dataset(f, "CNN_proj/W_proj", (F_total, P), path, "lstm.projection_dim")
+        bp = _dataset(f, "CNN_proj/b_proj", (P,), path, "lstm.projection_dim")
+        enc._projection.weight.copy_(torch.from_numpy(np.ascontiguousarray(wp.T)))
+        enc._projection.bias.copy_(torch.from_numpy(bp))
+        lstm = bilm._elmo_lstm
+        for layer_idx, cells in enumerate(zip(lstm.forward_layers, lstm.backward_layers)):
+            for direction, cell in enumerate(cells):
+                g = _lstm_group(direction, layer_idx)
+                I = cell.input_size
+                hint = f"lstm.dim = {C}, lstm.projection_dim = {P}"
+                W = _dataset(f, f"{g}/W_0", (I + P, 4 * C), path, hint)
+                B = _dataset(f, f"{g}/B", (4 * C,), path, hint)
+                WP = _dataset(f, f"{g}/W_P_0", (C, P), path, hint)
+                W_t = _tf_to_torch_gates(W.T, C)  # [4C, I + P]
+                cell.input_linearity.weight.copy_(torch.from_numpy(np.ascontiguousarray(W_t[:, :I])))
+                cell.state_linearity.weight.copy_(torch.from_numpy(np.ascontiguousarray(W_t[:, I:])))
+                b = B.copy()
+                b[2 * C : 3 * C] += np.float32(1.0)
+                cell.state_linearity.bias.copy_(torch.from_numpy(_tf_to_torch_gates(b, C)))
+                cell.state_projection.weight.copy_(torch.from_numpy(np.ascontiguousarray(WP.T)))
+                # Remember the exact TF bias for a bit-exact write-back (see module docstring).
+                cell._tf_bias_source = (cell.state_linearity.bias.detach().clone(), B.copy())
+        if f"RNN_0/RNN/MultiRNNCell/Cell{lstm.num_layers}" in f:
+            raise WeightFileError(f"{path}: has more LSTM layers than lstm.n_layers = {lstm.num_layers}")
+
+
+def _tf_to_torch_gates(a: np.ndarray, C: int) -> np.ndarray:
+    """Swap gate blocks 1 and 2 along axis 0 (TF i, j, f, o <-> PyTorch i, f, g, o); self-inverse."""
+    out = a.copy()
+    out[C : 2 * C], out[2 * C : 3 * C] = a[2 * C : 3 * C], a[C : 2 * C]
+    return out
+
+
+def save_hdf5(bilm, path) -> None:
+    """Write an `ElmoBiLm` in the published weights.hdf5 layout (atomically)."""
+    import h5py
+
+    enc = bilm._token_embedder
+    cnn = bilm.options["char_cnn"]
+
+    def np32(t):
+        return t.detach().float().cpu().numpy()
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f["char_embed"] = np32(enc._char_embedding_weights)[1:]
+        for i in range(len(cnn["filters"])):
+            conv = getattr(enc, f"char_conv_{i}")
+            f[f"CNN/W_cnn_{i}"] = np32(conv.weight).transpose(2, 1, 0)[None]
+            f[f"CNN/b_cnn_{i}"] = np32(conv.bias)
+        F_total = enc.n_filters_total
+        for k, layer in enumerate(enc._highways._layers):
+            w, b = np32(layer.weight), np32(layer.bias)
+            f[f"CNN_high_{k}/W_transform"] = np.ascontiguousarray(w[:F_total].T)
+            f[f"CNN_high_{k}/b_transform"] = b[:F_total]
+            f[f"CNN_high_{k}/W_carry"] = np.ascontiguousarray(-w[F_total:].T)
+            f[f"CNN_high_{k}/b_carry"] = -b[F_total:]
+        f["CNN_proj/W_proj"] = np.ascontiguousarray(np32(enc._projection.weight).T)
+        f["CNN_proj/b_proj"] = np32(enc._projection.bias)
+        lstm = bilm._elmo_lstm
+        for layer_idx, cells in enumerate(zip(lstm.forward_layers, lstm.backward_layers)):
+            for direction, cell in enumerate(cells):
+                g = _lstm_group(direction, layer_idx)
+                C = cell.cell_size
+                W_t = np.concatenate([np32(cell.input_linearity.weight), np32(cell.state_linearity.weight)], axis=1)
+                f[f"{g}/W_0"] = np.ascontiguousarray(_tf_to_torch_gates(W_t, C).T)
+                bias = cell.state_linearity.bias.detach()
+                source = getattr(cell, "_tf_bias_source", None)
+                if source is not None and torch.equal(source[0].to(bias.device), bias):
+                    f[f"{g}/B"] = source[1]
+                else:
+                    b = _tf_to_torch_gates(np32(bias), C)
+                    b[2 * C : 3 * C] -= np.float32(1.0)
+                    f[f"{g}/B"] = b
+                f[f"{g}/W_P_0"] = np.ascontiguousarray(np32(cell.state_projection.weight).T)
+
+
+def export_elmo(bilm, out_dir) -> tuple[str, str]:
+    """Write `options.json` + `weights.hdf5` into `out_dir` (what `Elmo(options, weights, ...)` reads)."""
+    from .options import save_options
+
+    os.makedirs(out_dir, exist_ok=True)
+    opt_path, w_path = os.path.join(out_dir, "options.json"), os.path.join(out_dir, "weights.hdf5")
+    save_hdf5(bilm, w_path)
+    save_options(bilm.options, opt_path)
+    return opt_path, w_path
+
+
+# ---- safetensors checkpoint: the state_dict + options in the header metadata --------------------
+
+def _is_safetensors(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < 100_000_000 and head[8:9] == b"{"
+
+
+def save_checkpoint(bilm, path) -> None:
+    """Write the biLM's state_dict and options to one .safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in bilm.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata={"format": "elmo_fast", "options": json.dumps(bilm.options)})
+
+
+def read_checkpoint_options(path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated headers
+        raise WeightFileError(f"{path}: corrupt or truncated safetensors checkpoint ({e})") from None
+    if meta.get("format") != "elmo_fast" or "options" not in meta:
+        raise WeightFileError(f"{path}: a safetensors file, but not an elmo_fast checkpoint (no options in its metadata)")
+    opts = json.loads(meta["options"])
+    validate_options(opts, path)
+    return opts
+
+
+def load_checkpoint_into(bilm, path) -> None:
+    from safetensors.torch import load_file
+
+    opts = read_checkpoint_options(path)
+    if opts != bilm.options:
+        raise WeightFileError(f"{path}: checkpoint options differ from the model's options: {opts} vs {bilm.options}")
+    try:
+        state = load_file(os.fspath(path))
+    except Exception as e:
+        raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
+    own = bilm.state_dict()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise WeightFileError(f"{path}: checkpoint keys do not match the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise WeightFileError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    bilm.load_state_dict(state)
