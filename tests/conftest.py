@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import torch
+
+from elmo_fast.testing import assert_close  # noqa: F401  (re-exported for tests)
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def shared_data(*parts: str) -> str:
+    """Path under ../shared/data; tests that need it skip (visibly, with the reason) when it is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present (development data lives in ../shared/data)")
+    return path
+
+
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor a kernel must overwrite completely: unwritten elements stay NaN and fail the comparison."""
+    return torch.full_like(t, float("nan"))
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
