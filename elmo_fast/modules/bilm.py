@@ -30,6 +30,8 @@ class ElmoBiLm(nn.Module):
     def __init__(self, options_file: OptionsLike, weight_file=None, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, stateful: bool = True, backend: str | None = None):
         super().__init__()
+        if options_file is None:
+            raise ValueError("ElmoBiLm needs options_file (an options.json path, a preset name or a dict)")
         self.options = load_options(options_file)
         lstm = self.options["lstm"]
         self._token_embedder = ElmoCharacterEncoder(self.options, backend=backend)
