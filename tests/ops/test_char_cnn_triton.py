@@ -17,7 +17,7 @@ from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref  # noqa: E402
 from elmo_fast.ops.char_cnn.function import char_cnn_conv_max  # noqa: E402
 from elmo_fast.ops.char_cnn.triton_impl import tail_starts  # noqa: E402
 from elmo_fast.testing import TOLERANCES, assert_close  # noqa: E402
-from test_char_cnn import flat, make_params, mixed_ids  # noqa: E402
+from tests.ops.test_char_cnn import flat, make_params, mixed_ids  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FILTERS = ((1, 4), (2, 5), (7, 17))  # 17 filters: two 16-wide filter blocks, the second ragged
