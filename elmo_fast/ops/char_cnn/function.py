@@ -234,6 +234,11 @@ def char_cnn(
     args = (char_ids, char_embedding, weights, biases, hw_w, hw_b, proj_weight, proj_bias)
     _check(*args, activation)
     chosen = choose_backend(char_ids.device, SUPPORTED, backend)
+    if chosen == "cpp" and char_embedding.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the C++ CPU kernel supports float32/float64 weights, got {char_embedding.dtype}; "
+            "call module.float() for CPU inference, or pass backend='torch'"
+        )
     params = [char_embedding, *weights, *biases, *hw_w, *hw_b, proj_weight, proj_bias]
     if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False))
