@@ -6,8 +6,9 @@ Layers (fast -> slow):
   * `CharConvMaxFunction`        autograd for the fused part (gather -> conv of every width -> max
                                  over positions -> activation); the backend picked in forward is
                                  stored on ctx and reused in backward.
-  * backends                     'cpp' (csrc/char_cnn, torch.ops.elmo_fast.char_cnn_conv_max),
-                                 'triton' (triton_impl.py), 'torch' (char_cnn_ref, the fallback).
+  * backends                     'cpp' (csrc/char_cnn/char_cnn.cpp) and 'cuda' (char_cnn_cuda.cu):
+                                 one registered op, torch.ops.elmo_fast.char_cnn_conv_max;
+                                 'triton' (triton_impl.py); 'torch' (eager, the fallback).
 
 Memory choice for backward: instead of the per-position conv outputs ([N, F, 50 - w + 1], which the
 eager module keeps for autograd) the fused op saves only the activated features and the argmax
@@ -26,7 +27,7 @@ from ... import _ext
 from ..._backend import choose_backend
 from .reference import char_cnn_ref
 
-SUPPORTED = ("torch", "cpp", "triton")
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
 def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights, highway_biases, proj_weight, proj_bias, activation):
@@ -116,14 +117,22 @@ def _triton():
     return triton_impl
 
 
+def _conv_max_cuda(char_ids, emb, weights, biases, activation):
+    if _ext.cuda_ext() is None:
+        raise RuntimeError(f"elmo_fast._C_cuda is not built ({_ext.load_error('_C_cuda')}); build with a CUDA torch: {_ext.INSTALL_HINT}")
+    return torch.ops.elmo_fast.char_cnn_conv_max(char_ids, emb, list(weights), list(biases), activation)
+
+
 _FWD = {
     "torch": _conv_max_torch,
     "cpp": _conv_max_cpp,
+    "cuda": _conv_max_cuda,
     "triton": lambda *a: _triton().char_cnn_conv_max_fwd(*a),
 }
 _BWD = {
     "torch": _conv_max_bwd_torch,
     "cpp": _conv_max_bwd_cpp,
+    "cuda": _conv_max_bwd_cpp,  # the same registered op; the dispatcher picks the CUDA kernel
     "triton": lambda *a: _triton().char_cnn_conv_max_bwd(*a),
 }
 
@@ -225,6 +234,11 @@ def char_cnn(
     args = (char_ids, char_embedding, weights, biases, hw_w, hw_b, proj_weight, proj_bias)
     _check(*args, activation)
     chosen = choose_backend(char_ids.device, SUPPORTED, backend)
+    if chosen == "cpp" and char_embedding.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the C++ CPU kernel supports float32/float64 weights, got {char_embedding.dtype}; "
+            "call module.float() for CPU inference, or pass backend='torch'"
+        )
     params = [char_embedding, *weights, *biases, *hw_w, *hw_b, proj_weight, proj_bias]
     if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False))
