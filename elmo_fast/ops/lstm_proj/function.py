@@ -1,13 +1,20 @@
-"""Public entry point of the LSTM-with-projection sequence op: validation and backend dispatch."""
+"""Public entry point of the LSTM-with-projection sequence op: validation, backend dispatch and the
+autograd Function that runs backward through time on the backend its forward ran on.
+
+Backends: "cpp" (CPU: MKL GEMMs through ATen + fused vectorised pointwise step, whole time loop
+in C++), "cuda" (cuBLAS GEMMs through ATen + CUDA pointwise step kernels), "triton" (torch GEMMs +
+Triton pointwise step kernels, Python time loop), "torch" (the eager reference).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ... import _ext
 from ..._backend import choose_backend
 from .reference import lstm_proj_ref
 
-SUPPORTED = ("torch",)
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
 def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
@@ -26,12 +33,62 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
         raise ValueError(f"bias must be [{C4}], got {tuple(bias.shape)}")
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"lengths must be [{B}], got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor (e.g. mask.sum(1).long()), got {lengths.dtype}")
     if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise ValueError(f"lengths must lie in [0, {T}], got min {int(lengths.min())} max {int(lengths.max())}")
     if h0 is not None and tuple(h0.shape) != (B, P):
         raise ValueError(f"h0 must be [{B}, {P}], got {tuple(h0.shape)}")
     if c0 is not None and tuple(c0.shape) != (B, C4 // 4):
         raise ValueError(f"c0 must be [{B}, {C4 // 4}], got {tuple(c0.shape)}")
+    for name, t in (("w_in", w_in), ("w_rec", w_rec), ("bias", bias), ("w_proj", w_proj), ("h0", h0), ("c0", c0)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; cast with .to({x.dtype})")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
+
+
+def _fwd_impl(backend: str):
+    if backend == "cpp":
+        _ext.require_cpp()
+        return torch.ops.elmo_fast.lstm_proj_fwd
+    if backend == "cuda":
+        if _ext.cuda_ext() is None:
+            raise RuntimeError(f"elmo_fast's CUDA extension is not built ({_ext.load_error('_C_cuda')}). Build it with: {_ext.INSTALL_HINT}")
+        return torch.ops.elmo_fast.lstm_proj_fwd
+    from . import triton_impl
+
+    return triton_impl.lstm_proj_fwd
+
+
+def _bwd_impl(backend: str):
+    if backend in ("cpp", "cuda"):
+        return torch.ops.elmo_fast.lstm_proj_bwd
+    from . import triton_impl
+
+    return triton_impl.lstm_proj_bwd
+
+
+class LstmProjFunction(torch.autograd.Function):
+    """Autograd wrapper around a backend's forward (with cache) and backward-through-time ops."""
+
+    @staticmethod
+    def forward(ctx, x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, backend):
+        out, h_n, c_n, *cache = _fwd_impl(backend)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, True)
+        ctx.save_for_backward(x, lengths, w_in, w_rec, w_proj, h0, c0, *cache)
+        ctx.args = (cell_clip, proj_clip, reverse)
+        ctx.backend = backend  # backward always runs on the backend forward ran on
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn):
+        x, lengths, w_in, w_rec, w_proj, h0, c0, *cache = ctx.saved_tensors
+        dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0 = _bwd_impl(ctx.backend)(
+            grad_out.contiguous(), grad_hn.contiguous(), grad_cn.contiguous(), x, lengths, w_in, w_rec, w_proj, h0, c0, *cache, *ctx.args
+        )
+        return dx, None, dw_in, dw_rec, dbias, dw_proj, dh0, dc0, None, None, None, None
 
 
 def lstm_proj(
@@ -48,12 +105,67 @@ def lstm_proj(
     c0: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LSTM with projection over a padded, variable-length batch; shapes as in `lstm_proj_ref`.
+    """One direction of one LSTM-with-projection layer over a padded, variable-length batch.
 
-    Returns (out `[B, T, P]`, h_n `[B, P]`, c_n `[B, C]`).
+    Args:
+        x: `[B, T, I]` inputs (values past a row's length are ignored).
+        lengths: integer `[B]`, any order, each in [0, T] (0 = the row is not run; its state passes through).
+        w_in `[4C, I]`, w_rec `[4C, P]`, bias `[4C]` (gate blocks i, f, g, o), w_proj `[P, C]`.
+        cell_clip, proj_clip: None or 0 = no clip; the clip's gradient is 0 where it is active.
+        reverse: each row runs from its own last position back to 0.
+        h0 `[B, P]`, c0 `[B, C]`: initial state (zeros when None); differentiable.
+        backend: "cpp" | "cuda" | "triton" | "torch"; default from `ELMO_FAST_BACKEND` or the fastest available.
+
+    Returns:
+        out `[B, T, P]` (exactly 0 past each row's length), h_n `[B, P]`, c_n `[B, C]`.
+
+    Example:
+        >>> B, T, I, C, P = 3, 5, 8, 16, 4
+        >>> x = torch.randn(B, T, I)
+        >>> w = [torch.randn(4 * C, I), torch.randn(4 * C, P), torch.zeros(4 * C), torch.randn(P, C)]
+        >>> out, h, c = lstm_proj(x, torch.tensor([5, 1, 3]), *w, cell_clip=3.0, proj_clip=3.0)
+        >>> out.shape, h.shape, c.shape
+        (torch.Size([3, 5, 4]), torch.Size([3, 4]), torch.Size([3, 16]))
     """
     _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0)
     chosen = choose_backend(x.device, SUPPORTED, backend)
     if chosen == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
-    raise AssertionError(chosen)
+    B, P, C = x.shape[0], w_proj.shape[0], w_proj.shape[1]
+    h0 = x.new_zeros(B, P) if h0 is None else h0
+    c0 = x.new_zeros(B, C) if c0 is None else c0
+    cell_clip = float(cell_clip or 0.0)
+    proj_clip = float(proj_clip or 0.0)
+    if cell_clip < 0 or proj_clip < 0:
+        raise ValueError(f"clip values must be >= 0 (0/None = no clip), got cell_clip={cell_clip}, proj_clip={proj_clip}")
+    lengths = lengths.to(torch.long)
+    tensors = (x, w_in, w_rec, bias, w_proj, h0, c0)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), chosen)
+    out, h_n, c_n, *_ = _fwd_impl(chosen)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
+    return out, h_n, c_n
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels, so torch.compile / opcheck can trace the C++ ops."""
+
+    @torch.library.register_fake("elmo_fast::lstm_proj_fwd")
+    def _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache):
+        B, T, _ = x.shape
+        C4, P = w_rec.shape
+        C = C4 // 4
+        if save_cache:
+            cache = [x.new_empty(T, B, C4), x.new_empty(T, B, C), x.new_empty(T, B, C), x.new_empty(T, B, P), x.new_empty(T, B, P)]
+        else:
+            cache = [x.new_empty(0) for _ in range(5)]
+        return (x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C), *cache)
+
+    @torch.library.register_fake("elmo_fast::lstm_proj_bwd")
+    def _bwd_fake(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw, h_prev,
+                  cell_clip, proj_clip, reverse):
+        return (torch.empty_like(x), torch.empty_like(w_in), torch.empty_like(w_rec), w_in.new_empty(w_in.shape[0]),
+                torch.empty_like(w_proj), torch.empty_like(h0), torch.empty_like(c0))
+
+
+if _ext.cpp_ext() is not None:
+    _register_fakes()

@@ -1,0 +1,217 @@
+// CUDA backend of lstm_proj: the time loop of lstm_proj.cpp with the GEMMs done by ATen (cuBLAS on
+// the current stream) and the per-step pointwise work in the two fused kernels below, launched on
+// that same stream. Layout and cache: see lstm_proj.h. Registered for the CUDA dispatch key of
+// the ops that lstm_proj.cpp defines (the _C extension must be loaded first).
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include "lstm_proj/lstm_proj.h"
+
+namespace elmo_fast {
+namespace lstm_proj {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ float to_f(T v) {
+  return static_cast<float>(v);
+}
+
+__device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + __expf(-v)); }
+
+// gates [n, 4C]: pre-activations (no bias) in, post-activations out. c [n, C]: state in, clipped
+// new cell out. c_raw: unclipped cell. m: o * tanh(clip(c)). Grid (ceil(C / kThreads), n).
+template <typename T>
+__global__ void lstm_proj_fwd_step_kernel(T* __restrict__ gates, const T* __restrict__ bias, T* __restrict__ c,
+                                          T* __restrict__ c_raw, T* __restrict__ m, int64_t C, float hi) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t r = blockIdx.y;
+  if (j >= C) return;
+  T* g = gates + r * 4 * C;
+  const float i = sigmoid_f(to_f(g[j]) + to_f(bias[j]));
+  const float f = sigmoid_f(to_f(g[C + j]) + to_f(bias[C + j]));
+  const float gg = tanhf(to_f(g[2 * C + j]) + to_f(bias[2 * C + j]));
+  const float o = sigmoid_f(to_f(g[3 * C + j]) + to_f(bias[3 * C + j]));
+  const float cn = i * gg + f * to_f(c[r * C + j]);
+  const float cc = fminf(fmaxf(cn, -hi), hi);
+  c_raw[r * C + j] = static_cast<T>(cn);
+  c[r * C + j] = static_cast<T>(cc);
+  m[r * C + j] = static_cast<T>(o * tanhf(cc));
+  g[j] = static_cast<T>(i);
+  g[C + j] = static_cast<T>(f);
+  g[2 * C + j] = static_cast<T>(gg);
+  g[3 * C + j] = static_cast<T>(o);
+}
+
+// Backward of one step for rows [0, n): see pointwise_bwd in lstm_proj.cpp. first[r] != 0 marks
+// the row's first step, whose previous cell is c0 (unclipped); otherwise clip(c_raw_prev).
+template <typename T>
+__global__ void lstm_proj_bwd_step_kernel(const T* __restrict__ gates, const T* __restrict__ c_raw,
+                                          const T* __restrict__ c_raw_prev, const T* __restrict__ c0,
+                                          const int32_t* __restrict__ first, const T* __restrict__ dm,
+                                          T* __restrict__ dc, T* __restrict__ dz, int64_t C, float hi) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t r = blockIdx.y;
+  if (j >= C) return;
+  const T* g = gates + r * 4 * C;
+  const float i = to_f(g[j]), f = to_f(g[C + j]), gg = to_f(g[2 * C + j]), o = to_f(g[3 * C + j]);
+  const float cn = to_f(c_raw[r * C + j]);
+  const float cc = fminf(fmaxf(cn, -hi), hi);
+  const float tc = tanhf(cc);
+  const float d_m = to_f(dm[r * C + j]);
+  const float pass = fabsf(cn) <= hi ? 1.0f : 0.0f;
+  const float dcn = (d_m * o * (1.0f - tc * tc) + to_f(dc[r * C + j])) * pass;
+  const float c_prev =
+      first[r] ? to_f(c0[r * C + j]) : fminf(fmaxf(to_f(c_raw_prev[r * C + j]), -hi), hi);
+  T* d = dz + r * 4 * C;
+  d[j] = static_cast<T>(dcn * gg * i * (1.0f - i));
+  d[C + j] = static_cast<T>(dcn * c_prev * f * (1.0f - f));
+  d[2 * C + j] = static_cast<T>(dcn * i * (1.0f - gg * gg));
+  d[3 * C + j] = static_cast<T>(d_m * tc * o * (1.0f - o));
+  dc[r * C + j] = static_cast<T>(dcn * f);
+}
+
+inline float bound(double clip) { return clip > 0 ? static_cast<float>(clip) : INFINITY; }
+
+inline dim3 grid(int64_t C, int64_t n) { return dim3(static_cast<unsigned>((C + kThreads - 1) / kThreads), n); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_proj_fwd_cuda(const at::Tensor& x_, const at::Tensor& lengths, const at::Tensor& w_in_, const at::Tensor& w_rec_,
+                   const at::Tensor& bias_, const at::Tensor& w_proj_, const at::Tensor& h0, const at::Tensor& c0,
+                   double cell_clip, double proj_clip, bool reverse, bool save_cache) {
+  check_args(x_, lengths, w_in_, w_rec_, bias_, w_proj_, h0, c0);
+  c10::cuda::CUDAGuard guard(x_.device());
+  auto x = x_.contiguous(), w_in = w_in_.contiguous(), w_rec = w_rec_.contiguous();
+  auto bias = bias_.contiguous(), w_proj = w_proj_.contiguous();
+  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
+  const int64_t C4 = w_in.size(0), C = C4 / 4, P = w_proj.size(0);
+  Plan plan = make_plan(lengths, T, x.device());
+  auto opts = x.options();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+
+  auto xs = x.index_select(0, plan.perm).transpose(0, 1).contiguous();
+  auto gates = at::mm(xs.view({T * B, I}), w_in.t()).view({T, B, C4});
+  auto h = h0.index_select(0, plan.perm).contiguous();
+  auto c = c0.index_select(0, plan.perm).contiguous();
+  auto h_raw = at::zeros({T, B, P}, opts);
+  auto c_raw = save_cache ? at::zeros({T, B, C}, opts) : at::empty({B, C}, opts);
+  auto m = save_cache ? at::zeros({T, B, C}, opts) : at::empty({B, C}, opts);
+  auto h_prev = save_cache ? at::zeros({T, B, P}, opts) : at::empty({0}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_proj_fwd_cuda", [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t n = plan.active[t];
+      if (n == 0) continue;
+      auto g = gates[t].narrow(0, 0, n);
+      auto hp = h.narrow(0, 0, n);
+      if (save_cache) h_prev[t].narrow(0, 0, n).copy_(hp);
+      g.addmm_(hp, w_rec.t());
+      auto craw_t = save_cache ? c_raw[t] : c_raw;
+      auto m_t = (save_cache ? m[t] : m).narrow(0, 0, n);
+      lstm_proj_fwd_step_kernel<scalar_t><<<grid(C, n), kThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), craw_t.data_ptr<scalar_t>(),
+          m_t.data_ptr<scalar_t>(), C, bound(cell_clip));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto hr = h_raw[t].narrow(0, 0, n);
+      at::mm_out(hr, m_t, w_proj.t());
+      if (proj_clip > 0)
+        at::clamp_out(hp, hr, -proj_clip, proj_clip);
+      else
+        hp.copy_(hr);
+    }
+  });
+
+  auto out_tm = proj_clip > 0 ? h_raw.clamp(-proj_clip, proj_clip) : h_raw;
+  auto out = out_tm.transpose(0, 1).index_select(0, plan.inv_perm);
+  auto h_n = h.index_select(0, plan.inv_perm);
+  auto c_n = c.index_select(0, plan.inv_perm);
+  if (!save_cache) {
+    auto none = [&] { return at::empty({0}, opts); };
+    return {out, h_n, c_n, none(), none(), none(), none(), none()};
+  }
+  return {out, h_n, c_n, gates, c_raw, m, h_raw, h_prev};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_bwd_cuda(
+    const at::Tensor& grad_out, const at::Tensor& grad_hn, const at::Tensor& grad_cn, const at::Tensor& x_,
+    const at::Tensor& lengths, const at::Tensor& w_in_, const at::Tensor& w_rec_, const at::Tensor& w_proj_,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& gates_, const at::Tensor& c_raw_,
+    const at::Tensor& m_, const at::Tensor& h_raw_, const at::Tensor& h_prev_, double cell_clip, double proj_clip,
+    bool reverse) {
+  c10::cuda::CUDAGuard guard(x_.device());
+  auto x = x_.contiguous(), w_in = w_in_.contiguous(), w_rec = w_rec_.contiguous(), w_proj = w_proj_.contiguous();
+  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
+  const int64_t C4 = w_in.size(0), C = C4 / 4, P = w_proj.size(0);
+  TORCH_CHECK(gates_.numel() == T * B * C4 && c_raw_.numel() == T * B * C && m_.numel() == T * B * C &&
+                  h_raw_.numel() == T * B * P && h_prev_.numel() == T * B * P,
+              "lstm_proj backward: the forward cache is missing or has the wrong shape (run forward with "
+              "save_cache=True)");
+  auto gates = gates_.contiguous(), c_raw = c_raw_.contiguous(), m = m_.contiguous();
+  auto h_raw = h_raw_.contiguous(), h_prev = h_prev_.contiguous();
+  Plan plan = make_plan(lengths, T, x.device());
+  auto opts = x.options();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+
+  // first[t, r]: position t is row r's first step (its previous cell is c0). One upload per call.
+  std::vector<int32_t> first_host(T * B, 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < plan.active[t]; ++r)
+      first_host[t * B + r] = reverse ? plan.sorted_len[r] == t + 1 : t == 0;
+  auto first = at::from_blob(first_host.data(), {T, B}, at::kInt).to(x.device());
+
+  auto go = grad_out.index_select(0, plan.perm).transpose(0, 1).contiguous();
+  auto dh = grad_hn.index_select(0, plan.perm).contiguous();
+  auto dc = grad_cn.index_select(0, plan.perm).contiguous();
+  auto c0s = c0.index_select(0, plan.perm).contiguous();
+  auto dz = at::zeros({T, B, C4}, opts);
+  auto dh_raw = at::zeros({T, B, P}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_proj_bwd_cuda", [&] {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t n = plan.active[t];
+      if (n == 0) continue;
+      auto dhr = dh_raw[t].narrow(0, 0, n);
+      at::add_out(dhr, go[t].narrow(0, 0, n), dh.narrow(0, 0, n));
+      if (proj_clip > 0) dhr.mul_(h_raw[t].narrow(0, 0, n).abs().le(proj_clip));
+      auto dm = at::mm(dhr, w_proj);
+      const int64_t tp = reverse ? t + 1 : t - 1;
+      const at::Tensor& prev = (tp >= 0 && tp < T) ? c_raw[tp] : c0s;
+      auto dz_t = dz[t].narrow(0, 0, n);
+      lstm_proj_bwd_step_kernel<scalar_t><<<grid(C, n), kThreads, 0, stream>>>(
+          gates[t].data_ptr<scalar_t>(), c_raw[t].data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(),
+          c0s.data_ptr<scalar_t>(), first[t].data_ptr<int32_t>(), dm.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+          dz_t.data_ptr<scalar_t>(), C, bound(cell_clip));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto dh_t = dh.narrow(0, 0, n);
+      at::mm_out(dh_t, dz_t, w_rec);
+    }
+  });
+
+  auto dz2 = dz.view({T * B, C4});
+  auto xs = x.index_select(0, plan.perm).transpose(0, 1).contiguous();
+  for (int64_t t = 0; t < T; ++t)
+    if (plan.active[t] < B) xs[t].narrow(0, plan.active[t], B - plan.active[t]).zero_();
+  xs = xs.view({T * B, I});
+  auto dx = at::mm(dz2, w_in).view({T, B, I}).transpose(0, 1).index_select(0, plan.inv_perm);
+  return {dx,
+          at::mm(dz2.t(), xs),
+          at::mm(dz2.t(), h_prev.view({T * B, P})),
+          dz2.sum(0),
+          at::mm(dh_raw.view({T * B, P}).t(), m.view({T * B, C})),
+          dh.index_select(0, plan.inv_perm),
+          dc.index_select(0, plan.inv_perm)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(elmo_fast, CUDA, m) {
+  m.impl("lstm_proj_fwd", &lstm_proj_fwd_cuda);
+  m.impl("lstm_proj_bwd", &lstm_proj_bwd_cuda);
+}
+
+}  // namespace lstm_proj
+}  // namespace elmo_fast

@@ -1,0 +1,206 @@
+"""Triton backend of lstm_proj: fused pointwise step kernels (forward and backward) driven by a
+Python time loop whose GEMMs are torch's (cuBLAS on a GPU). Same argument and cache layout as the
+C++ op `elmo_fast::lstm_proj_fwd` / `lstm_proj_bwd` (see csrc/lstm_proj/lstm_proj.h), so
+`LstmProjFunction` drives either.
+
+On the CPU these kernels only run under `TRITON_INTERPRET=1` (tests). The interpreter has no
+libdevice, so tanh is written as 2 * sigmoid(2x) - 1 (abs. error ~2e-7 in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _lstm_proj_fwd_step_kernel(
+    G,  # [n, 4C] pre-activations in (bias not added), post-activations i, f, g, o out
+    BIAS,  # [4C]
+    CST,  # [n, C] cell state: previous in, clipped new out
+    CRAW,  # [n, C] unclipped new cell
+    M,  # [n, C] o * tanh(clip(c))
+    C,
+    clip,
+    HAS_CLIP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = j < C
+    g_row = G + r * 4 * C
+    zi = tl.load(g_row + j, mask=mask).to(tl.float32) + tl.load(BIAS + j, mask=mask).to(tl.float32)
+    zf = tl.load(g_row + C + j, mask=mask).to(tl.float32) + tl.load(BIAS + C + j, mask=mask).to(tl.float32)
+    zg = tl.load(g_row + 2 * C + j, mask=mask).to(tl.float32) + tl.load(BIAS + 2 * C + j, mask=mask).to(tl.float32)
+    zo = tl.load(g_row + 3 * C + j, mask=mask).to(tl.float32) + tl.load(BIAS + 3 * C + j, mask=mask).to(tl.float32)
+    i = tl.sigmoid(zi)
+    f = tl.sigmoid(zf)
+    g = _tanh(zg)
+    o = tl.sigmoid(zo)
+    c_prev = tl.load(CST + r * C + j, mask=mask).to(tl.float32)
+    cn = i * g + f * c_prev
+    cc = cn
+    if HAS_CLIP:
+        cc = tl.minimum(tl.maximum(cn, -clip), clip)
+    tl.store(CRAW + r * C + j, cn, mask=mask)
+    tl.store(CST + r * C + j, cc, mask=mask)
+    tl.store(M + r * C + j, o * _tanh(cc), mask=mask)
+    tl.store(g_row + j, i, mask=mask)
+    tl.store(g_row + C + j, f, mask=mask)
+    tl.store(g_row + 2 * C + j, g, mask=mask)
+    tl.store(g_row + 3 * C + j, o, mask=mask)
+
+
+@triton.jit
+def _lstm_proj_bwd_step_kernel(
+    G,  # [n, 4C] cached post-activations
+    CRAW,  # [n, C] unclipped cell of this step
+    CRAW_PREV,  # [n, C] unclipped cell of the previous step (rows whose FIRST is 0)
+    C0,  # [n, C] initial cell (rows whose FIRST is 1), used unclipped like the reference
+    FIRST,  # [n] int32: 1 where this step is the row's first
+    DM,  # [n, C] d(o * tanh(c))
+    DC,  # [n, C] carried d c: in for this step, out for the previous one
+    DZ,  # [n, 4C] d pre-activations out
+    C,
+    clip,
+    HAS_CLIP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = j < C
+    g_row = G + r * 4 * C
+    i = tl.load(g_row + j, mask=mask).to(tl.float32)
+    f = tl.load(g_row + C + j, mask=mask).to(tl.float32)
+    g = tl.load(g_row + 2 * C + j, mask=mask).to(tl.float32)
+    o = tl.load(g_row + 3 * C + j, mask=mask).to(tl.float32)
+    cn = tl.load(CRAW + r * C + j, mask=mask).to(tl.float32)
+    first = tl.load(FIRST + r)
+    cp_raw = tl.load(CRAW_PREV + r * C + j, mask=mask).to(tl.float32)
+    c0 = tl.load(C0 + r * C + j, mask=mask).to(tl.float32)
+    cc = cn
+    pass_c = tl.full([BLOCK_C], 1.0, tl.float32)
+    cp = cp_raw
+    if HAS_CLIP:
+        cc = tl.minimum(tl.maximum(cn, -clip), clip)
+        pass_c = tl.where(tl.abs(cn) <= clip, 1.0, 0.0)
+        cp = tl.minimum(tl.maximum(cp_raw, -clip), clip)
+    c_prev = tl.where(first != 0, c0, cp)
+    tc = _tanh(cc)
+    dm = tl.load(DM + r * C + j, mask=mask).to(tl.float32)
+    dcn = (dm * o * (1.0 - tc * tc) + tl.load(DC + r * C + j, mask=mask).to(tl.float32)) * pass_c
+    d_row = DZ + r * 4 * C
+    tl.store(d_row + j, dcn * g * i * (1.0 - i), mask=mask)
+    tl.store(d_row + C + j, dcn * c_prev * f * (1.0 - f), mask=mask)
+    tl.store(d_row + 2 * C + j, dcn * i * (1.0 - g * g), mask=mask)
+    tl.store(d_row + 3 * C + j, dm * tc * o * (1.0 - o), mask=mask)
+    tl.store(DC + r * C + j, dcn * f, mask=mask)
+
+
+def _block(C: int) -> int:
+    return min(1024, triton.next_power_of_2(max(C, 16)))
+
+
+def _plan(lengths: torch.Tensor, T: int, device: torch.device):
+    """Rows sorted by length (stable, descending): the active rows at any position are a prefix."""
+    len_cpu = lengths.to("cpu", torch.long)
+    sorted_len, order = torch.sort(len_cpu, descending=True, stable=True)
+    active = [int((sorted_len > t).sum()) for t in range(T)]
+    perm = order.to(device)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=device)
+    return perm, inv, sorted_len.to(device), active
+
+
+def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache):
+    """Same contract as torch.ops.elmo_fast.lstm_proj_fwd: (out, h_n, c_n, gates, c_raw, m, h_raw, h_prev)."""
+    B, T, I = x.shape
+    C4, P = w_rec.shape
+    C = C4 // 4
+    perm, inv, _, active = _plan(lengths, T, x.device)
+    x, w_in, w_rec, bias, w_proj = (t.contiguous() for t in (x, w_in, w_rec, bias, w_proj))
+    xs = x.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, I]
+    gates = (xs.view(T * B, I) @ w_in.t()).view(T, B, C4)  # one GEMM for every step's input map
+    h = h0.index_select(0, perm).contiguous()
+    c = c0.index_select(0, perm).contiguous()
+    h_raw = x.new_zeros(T, B, P)
+    c_raw = x.new_zeros(T, B, C) if save_cache else x.new_empty(B, C)
+    m = x.new_zeros(T, B, C) if save_cache else x.new_empty(B, C)
+    h_prev = x.new_zeros(T, B, P) if save_cache else x.new_empty(0)
+    block = _block(C)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = active[t]
+        if n == 0:
+            continue
+        g = gates[t, :n]
+        if save_cache:
+            h_prev[t, :n] = h[:n]
+        g.addmm_(h[:n], w_rec.t())
+        craw_t = c_raw[t] if save_cache else c_raw
+        m_t = (m[t] if save_cache else m)[:n]
+        _lstm_proj_fwd_step_kernel[(n, triton.cdiv(C, block))](
+            g, bias, c, craw_t, m_t, C, float(cell_clip), HAS_CLIP=cell_clip > 0, BLOCK_C=block)
+        hr = h_raw[t, :n]
+        torch.mm(m_t, w_proj.t(), out=hr)
+        h[:n] = hr.clamp(-proj_clip, proj_clip) if proj_clip > 0 else hr
+    out = h_raw.clamp(-proj_clip, proj_clip) if proj_clip > 0 else h_raw
+    out = out.transpose(0, 1).index_select(0, inv)
+    h_n, c_n = h.index_select(0, inv), c.index_select(0, inv)
+    if not save_cache:
+        return (out, h_n, c_n, *(x.new_empty(0) for _ in range(5)))
+    return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
+
+
+def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw,
+                  h_prev, cell_clip, proj_clip, reverse):
+    """Same contract as torch.ops.elmo_fast.lstm_proj_bwd: (dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0)."""
+    B, T, I = x.shape
+    C4, P = w_rec.shape
+    C = C4 // 4
+    perm, inv, sorted_len, active = _plan(lengths, T, x.device)
+    w_in, w_rec, w_proj = (t.contiguous() for t in (w_in, w_rec, w_proj))
+    go = grad_out.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, P]
+    dh = grad_hn.index_select(0, perm).contiguous()
+    dc = grad_cn.index_select(0, perm).contiguous()
+    c0s = c0.index_select(0, perm).contiguous()
+    dz = x.new_zeros(T, B, C4)
+    dh_raw = x.new_zeros(T, B, P)
+    block = _block(C)
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        n = active[t]
+        if n == 0:
+            continue
+        dhr = dh_raw[t, :n]
+        torch.add(go[t, :n], dh[:n], out=dhr)
+        if proj_clip > 0:
+            dhr.mul_(h_raw[t, :n].abs() <= proj_clip)
+        dm = dhr @ w_proj
+        if reverse:
+            first = (sorted_len[:n] == t + 1).to(torch.int32)
+            prev = c_raw[t + 1] if t + 1 < T else c0s
+        else:
+            first = torch.full((n,), int(t == 0), dtype=torch.int32, device=x.device)
+            prev = c_raw[t - 1] if t > 0 else c0s
+        _lstm_proj_bwd_step_kernel[(n, triton.cdiv(C, block))](
+            gates[t], c_raw[t], prev, c0s, first, dm, dc, dz[t], C, float(cell_clip),
+            HAS_CLIP=cell_clip > 0, BLOCK_C=block)
+        torch.mm(dz[t, :n], w_rec, out=dh[:n])
+    dz2 = dz.view(T * B, C4)
+    xs = x.index_select(0, perm).transpose(0, 1).contiguous()
+    for t in range(T):  # padding may hold anything (even NaN); 0 * NaN would leak into dw_in
+        xs[t, active[t]:] = 0
+    xs = xs.view(T * B, I)
+    dx = (dz2 @ w_in).view(T, B, I).transpose(0, 1).index_select(0, inv)
+    dw_in = dz2.t() @ xs
+    dbias = dz2.sum(0)
+    dw_rec = dz2.t() @ h_prev.reshape(T * B, P)
+    dw_proj = dh_raw.view(T * B, P).t() @ m.reshape(T * B, C)
+    return dx, dw_in, dw_rec, dbias, dw_proj, dh.index_select(0, inv), dc.index_select(0, inv)

@@ -1,0 +1,171 @@
+"""lstm_proj (C++ CPU backend) against the eager reference: outputs and every gradient on packed,
+unsorted, variable-length batches (lengths 0, 1 and full), both directions, clipping firing,
+initial-state gradients; fp64 gradcheck; opcheck of the registered ops; input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elmo_fast import _ext
+from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
+from elmo_fast.testing import assert_close
+
+pytestmark = pytest.mark.skipif(_ext.cpp_ext() is None, reason=f"C++ extension not built: {_ext.load_error('_C')}")
+
+NAMES = ("dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0")
+
+
+def make_inputs(B=7, T=9, I=5, C=11, P=6, dtype=torch.float32, scale=1.0, lengths=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
+
+    x = rnd(B, T, I)
+    if lengths is None:
+        lengths = torch.tensor([T, 1, 4, 0, T, 3, 6][:B] + [T] * max(0, B - 7))
+    w_in = rnd(4 * C, I, s=scale / I**0.5)
+    w_rec = rnd(4 * C, P, s=scale / P**0.5)
+    bias = rnd(4 * C, s=0.5)
+    w_proj = rnd(P, C, s=2.0 * scale / C**0.5)
+    h0 = rnd(B, P, s=0.5)
+    c0 = rnd(B, C)
+    return x, lengths, [w_in, w_rec, bias, w_proj], h0, c0
+
+
+def run(backend, x, lengths, ws, h0, c0, cell_clip, proj_clip, reverse, grads):
+    leaves = [t.detach().clone().requires_grad_() for t in [x, *ws, h0, c0]]
+    fn = lstm_proj_ref if backend == "ref" else lstm_proj
+    kw = {} if backend == "ref" else {"backend": backend}
+    outs = fn(leaves[0], lengths, *leaves[1:5], cell_clip, proj_clip, reverse, leaves[5], leaves[6], **kw)
+    d = torch.autograd.grad(outs, leaves, grads)
+    return outs, d
+
+
+def check_against_ref(backend, x, lengths, ws, h0, c0, cell_clip, proj_clip, reverse, atol=None, rtol=None):
+    ref_outs = lstm_proj_ref(x, lengths, *ws, cell_clip, proj_clip, reverse, h0, c0)
+    grads = [torch.randn_like(o) for o in ref_outs]
+    ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, cell_clip, proj_clip, reverse, grads)
+    outs, d = run(backend, x, lengths, ws, h0, c0, cell_clip, proj_clip, reverse, grads)
+    for name, r, o in zip(("out", "h_n", "c_n"), ref_outs, outs):
+        assert_close(name, r, o, atol, rtol)
+    # Weight gradients sum T*B products through the recurrence: fp32 rounding order differs from
+    # the reference's, so their absolute tolerance is 5x the forward's.
+    g_atol = atol if atol is not None else 1e-4
+    for name, r, o in zip(NAMES, ref_d, d):
+        assert_close(name, r, o, g_atol, rtol)
+    # Packed semantics: exactly zero past each row's length.
+    mask = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+    assert (outs[0][mask] == 0).all()
+    return ref_outs
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4), (3.0, 0)])
+def test_matches_reference_fp32(reverse, clips):
+    x, lengths, ws, h0, c0 = make_inputs(scale=2.0)
+    ref_outs = check_against_ref("cpp", x, lengths, ws, h0, c0, *clips, reverse)
+    cell_clip, proj_clip = clips
+    if proj_clip:  # the clip must actually fire for the test to cover its gradient
+        assert (ref_outs[0].abs() == proj_clip).any()
+    if cell_clip == 0.7:
+        assert (ref_outs[2].abs() == cell_clip).any()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_odd_shapes_and_edge_lengths(reverse):
+    # B = 1 with full length, and a batch where every row has length 1.
+    x, lengths, ws, h0, c0 = make_inputs(B=1, T=13, I=3, C=7, P=5, lengths=torch.tensor([13]), seed=1)
+    check_against_ref("cpp", x, lengths, ws, h0, c0, 1.0, 0.5, reverse)
+    x, lengths, ws, h0, c0 = make_inputs(B=5, T=4, I=2, C=17, P=3, lengths=torch.ones(5, dtype=torch.long), seed=2)
+    check_against_ref("cpp", x, lengths, ws, h0, c0, 1.0, 0.5, reverse)
+
+
+def test_all_lengths_zero_passes_state_through():
+    x, _, ws, h0, c0 = make_inputs(B=3, T=4)
+    lengths = torch.zeros(3, dtype=torch.long)
+    out, h, c = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp")
+    assert (out == 0).all() and torch.equal(h, h0) and torch.equal(c, c0)
+
+
+def test_padding_values_are_ignored():
+    """NaN past each row's end must not leak into outputs or any gradient."""
+    x, lengths, ws, h0, c0 = make_inputs()
+    x_nan = x.clone()
+    x_nan[torch.arange(x.shape[1])[None, :] >= lengths[:, None]] = float("nan")
+    grads = [torch.randn(7, 9, 6), torch.randn(7, 6), torch.randn(7, 11)]
+    outs, d = run("cpp", x_nan, lengths, ws, h0, c0, 0.7, 0.4, False, grads)
+    ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, 0.7, 0.4, False, grads)
+    for name, r, o in zip(("out", "h_n", "c_n") + NAMES, list(ref_outs) + list(ref_d), list(outs) + list(d)):
+        assert_close(name, r, o)
+
+
+def test_no_grad_path_matches_grad_path():
+    x, lengths, ws, h0, c0 = make_inputs()
+    with torch.no_grad():
+        a = lstm_proj(x, lengths, *ws, 0.7, 0.4, True, h0, c0, backend="cpp")
+    b = lstm_proj(x, lengths, *[w.requires_grad_() for w in ws], 0.7, 0.4, True, h0, c0, backend="cpp")
+    assert b[0].grad_fn is not None
+    for name, r, o in zip(("out", "h_n", "c_n"), a, b):
+        assert_close(name, r, o)  # not bitwise: MKL's rounding may depend on buffer alignment
+
+
+def test_no_initial_state_and_default_backend():
+    x, lengths, ws, _, _ = make_inputs()
+    ref = lstm_proj_ref(x, lengths, *ws, 3.0, 3.0, True)
+    out = lstm_proj(x, lengths, *ws, 3.0, 3.0, True, backend="cpp")
+    for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
+        assert_close(name, r, o)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("clips", [(0.0, 0.0), (0.6, 0.35)])
+def test_gradcheck_fp64(reverse, clips):
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=4, I=3, C=4, P=3, dtype=torch.float64, scale=2.0,
+                                         lengths=torch.tensor([2, 4, 1]), seed=3)
+    leaves = [t.requires_grad_() for t in [x, *ws, h0, c0]]
+
+    def f(x, w_in, w_rec, bias, w_proj, h0, c0):
+        return lstm_proj(x, lengths, w_in, w_rec, bias, w_proj, clips[0], clips[1], reverse, h0, c0, backend="cpp")
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("save_cache", [True, False])
+def test_opcheck_forward(save_cache):
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd.default,
+                          (x, lengths, *ws, h0, c0, 0.7, 0.4, True, save_cache))
+
+
+def test_opcheck_backward():
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    out, hn, cn, *cache = torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, *ws, h0, c0, 0.7, 0.4, False, True)
+    args = (torch.randn_like(out), torch.randn_like(hn), torch.randn_like(cn), x, lengths, ws[0], ws[1], ws[3], h0, c0,
+            *cache, 0.7, 0.4, False)
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_bwd.default, args)
+
+
+def test_bad_inputs_give_clear_errors():
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    w_in, w_rec, bias, w_proj = ws
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        lstm_proj(x, torch.tensor([6, 1, 1]), *ws, backend="cpp")
+    with pytest.raises(TypeError, match="integer tensor"):
+        lstm_proj(x, torch.tensor([1.0, 1.0, 1.0]), *ws, backend="cpp")
+    with pytest.raises(ValueError, match=r"w_rec must be \[20, 2\]"):
+        lstm_proj(x, lengths, w_in, w_rec[:, :1], bias, w_proj, backend="cpp")
+    with pytest.raises(TypeError, match=r"cast with \.to"):
+        lstm_proj(x, lengths, w_in.double(), w_rec, bias, w_proj, backend="cpp")
+    with pytest.raises(ValueError, match="clip values must be >= 0"):
+        lstm_proj(x, lengths, *ws, -1.0, backend="cpp")
+    with pytest.raises(ValueError, match=r"h0 must be \[3, 2\]"):
+        lstm_proj(x, lengths, *ws, h0=h0[:2], backend="cpp")
+    # The registered op guards itself too (direct torch.ops calls skip the Python checks).
+    with pytest.raises(RuntimeError, match="w_proj must be"):
+        torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj.t(), h0, c0, 0.0, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="forward cache is missing"):
+        e = torch.empty(0)
+        torch.ops.elmo_fast.lstm_proj_bwd(torch.zeros(3, 5, 2), torch.zeros(3, 2), torch.zeros(3, 5), x, lengths, w_in,
+                                          w_rec, w_proj, h0, c0, e, e, e, e, e, 0.0, 0.0, False)

@@ -1,0 +1,71 @@
+"""Triton backend of lstm_proj against the eager reference (outputs and every gradient).
+
+On a CPU the kernels run under TRITON_INTERPRET=1, which must be set before triton is imported;
+when this pytest process was started without it, `test_interpreter_subprocess` re-runs this file
+in a child process that sets it (and the in-process tests skip, naming that test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elmo_fast import _ext
+from elmo_fast.testing import assert_close
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+RUNNABLE = _ext.has_triton() and (INTERPRET or torch.cuda.is_available())
+here = pytest.mark.skipif(not RUNNABLE, reason="Triton kernels need TRITON_INTERPRET=1 or a GPU; covered on CPU by test_interpreter_subprocess")
+
+
+@pytest.mark.skipif(RUNNABLE or not _ext.has_triton(), reason="in-process Triton tests run here already" if RUNNABLE else "triton not installed")
+def test_interpreter_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2].replace("1 skipped", ""), proc.stdout[-2000:]
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+
+
+@here
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
+def test_triton_matches_reference(reverse, clips):
+    from test_lstm_proj import make_inputs, run
+
+    dev = _device()
+    x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, scale=2.0, lengths=torch.tensor([6, 1, 0, 4, 6]))
+    x, ws, h0, c0 = x.to(dev), [w.to(dev) for w in ws], h0.to(dev), c0.to(dev)
+    grads = [torch.randn(5, 6, 4, device=dev), torch.randn(5, 4, device=dev), torch.randn(5, 19, device=dev)]
+    ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, *clips, reverse, grads)
+    outs, d = run("triton", x, lengths, ws, h0, c0, *clips, reverse, grads)
+    # tf32 on a GPU: looser there
+    tol = {} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}
+    for name, r, o in zip(("out", "h_n", "c_n", "dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0"),
+                          list(ref_outs) + list(ref_d), list(outs) + list(d)):
+        assert_close(name, r, o, **tol)
+    if clips[1]:
+        assert (ref_outs[0].abs() == clips[1]).any()
+
+
+@here
+def test_triton_no_grad_path():
+    from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
+    from test_lstm_proj import make_inputs
+
+    dev = _device()
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=5, I=3, C=8, P=3, lengths=torch.tensor([2, 5, 1, 3]))
+    x, ws = x.to(dev), [w.to(dev) for w in ws]
+    ref = lstm_proj_ref(x, lengths, *ws, 0.5, 0.3, True)
+    with torch.no_grad():
+        out = lstm_proj(x, lengths, *ws, 0.5, 0.3, True, backend="triton")
+    for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
+        assert_close(name, r, o, **({} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}))
