@@ -122,8 +122,8 @@ def split_sentences(text: str) -> list[list[str]]:
         while i < n:
             if _is_end(toks[i]):
                 j = i + 1
-                # `"` closes only when one is open in this sentence; otherwise it opens the next one.
-                open_quote = toks[start:i].count('"') % 2 == 1
+                # `"` closes only when one is open in this paragraph; otherwise it opens the next sentence.
+                open_quote = toks[:i].count('"') % 2 == 1
                 while j < n and (toks[j] == "--" or (toks[j] in _CLOSERS and (toks[j] != '"' or open_quote))):
                     open_quote = open_quote and toks[j] != '"'
                     j += 1

@@ -118,9 +118,9 @@ class BidirectionalLM(nn.Module):
 def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       chunk: int = 2048) -> torch.Tensor:
     """Sum of -log softmax(h W^T + b)[target] over `h` `[N, P]`, in chunks of rows to bound memory."""
-    total = h.new_zeros((), dtype=torch.float32)
+    total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
     for i in range(0, h.shape[0], chunk):
-        logits = F.linear(h[i : i + chunk], weight, bias).float()
+        logits = F.linear(h[i : i + chunk], weight, bias).to(total.dtype)  # fp32 at least (bf16 autocast)
         total = total + F.cross_entropy(logits, targets[i : i + chunk], reduction="sum")
     return total
 
@@ -136,5 +136,6 @@ def sampled_softmax_loss(h: torch.Tensor, targets: torch.Tensor, weight: torch.T
     true_logits = (h * weight[targets]).sum(-1) + bias[targets] - true_logq.to(h.dtype)  # [N]
     neg_logits = F.linear(h, weight[neg_ids], bias[neg_ids]) - neg_logq.to(h.dtype)  # [N, S]
     neg_logits = neg_logits.masked_fill(targets[:, None] == neg_ids[None, :], float("-inf"))
-    logits = torch.cat([true_logits[:, None], neg_logits], 1).float()
+    logits = torch.cat([true_logits[:, None], neg_logits], 1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (bf16 autocast)
     return (torch.logsumexp(logits, 1) - logits[:, 0]).sum()
