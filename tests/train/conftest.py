@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 from elmo_fast.testing import small_options
 
@@ -25,6 +26,7 @@ def slice_lines(src: str, dst, start: int, n: int) -> str:
     return str(dst)
 
 
+@pytest.fixture
 def lm_options() -> dict:
     """A biLM small enough to train for a few hundred steps inside a test."""
     return small_options(dim=64, proj=32, n_highway=1, filters=((1, 8), (2, 8), (3, 16), (4, 16)), embed=8)
@@ -49,3 +51,13 @@ def tiny_text(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is faster, and immune to a busy shared host
+    (oversubscribed OpenMP threads made the 250-step run ~10x slower there)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
