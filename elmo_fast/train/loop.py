@@ -288,11 +288,11 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
             optimizer.step()
             state = _detach(new_state)
             step += 1
-            n_tok = int(n_f + n_b) // 2  # tokens per direction
+            n_tok = int(n_f + n_b) // 2  # scored tokens per direction, all ranks
             tokens_seen += n_tok
             tokens_this_run += n_tok
             train_tokens_time += time.perf_counter() - t0
-            lval = float(loss.detach()) / info.world
+            lval = dist_utils.all_sum([float(loss.detach())], info, device)[0] / info.world  # the global mean loss
             loss_ema = lval if loss_ema is None else 0.95 * loss_ema + 0.05 * lval
             if bar is not None:
                 bar.update(1)
@@ -314,10 +314,10 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
         "valid_perplexity": last_eval["perplexity"] if last_eval else None,
         "forward_perplexity": last_eval["forward_perplexity"] if last_eval else None,
         "backward_perplexity": last_eval["backward_perplexity"] if last_eval else None,
-        "train_tokens_per_s": tokens_this_run * info.world / max(train_tokens_time, 1e-9),
+        "train_tokens_per_s": tokens_this_run / max(train_tokens_time, 1e-9),
         "train_loss": loss_ema,
         "steps": step,
-        "tokens": tokens_seen * info.world,
+        "tokens": tokens_seen,
         "vocab_size": len(vocab),
         "world_size": info.world,
         "out_dir": out_dir,
