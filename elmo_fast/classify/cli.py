@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-tokens", type=int, default=200, help="tokens kept per document (title first)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bow", action="store_true", help="combine with a TF-IDF + logistic-regression model (weight chosen on validation)")
     p.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF + linear SVM baseline")
     p.add_argument("--backend", default=None, help="kernel backend (torch|cpp|triton|cuda; default: fastest)")
     p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if available)")
@@ -45,9 +46,12 @@ def run(args) -> int:
     bilm = load_bilm(args.elmo, backend=args.backend, device=device)
     m = classify(train, test, bilm, args.out, valid=valid, valid_fraction=args.valid_fraction, max_tokens=args.max_tokens,
                  encoder=args.encoder, hidden=args.hidden, max_epochs=args.epochs, patience=args.patience,
-                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=not args.no_baseline,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=not args.no_baseline, bow=args.bow,
                  progress=not args.no_progress)
-    print(f"test accuracy: {m['accuracy']:.4f}  (macro-F1 {m['macro_f1']:.4f}, {m['n_test']} test rows)")
+    what = "ELMo + bag-of-words" if args.bow else "ELMo"
+    print(f"test accuracy ({what}): {m['accuracy']:.4f}  (macro-F1 {m['macro_f1']:.4f}, {m['n_test']} test rows)")
+    if args.bow:
+        print(f"  ELMo alone {m['elmo_only']['accuracy']:.4f}, bag-of-words alone {m['bow_only']['accuracy']:.4f}")
     if "tfidf_svm" in m:
         print(f"TF-IDF + linear SVM baseline on the same split: accuracy {m['tfidf_svm']['accuracy']:.4f}")
     print(f"report: {args.out}/metrics.json, report.txt, confusion_matrix.png")

@@ -38,7 +38,14 @@ class ElmoClassifierHead(nn.Module):
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
         self.config = dict(num_layers=num_layers, input_dim=input_dim, num_classes=num_classes, encoder=encoder,
                            hidden=hidden, dropout=dropout, do_layer_norm=do_layer_norm)
+        # Per-layer feature standardisation (set from the training tokens by `set_standardization`):
+        # biLM features share a large common direction that drowns the between-document differences.
+        self.register_buffer("feature_mean", torch.zeros(num_layers, 1, 1, input_dim))
+        self.register_buffer("feature_std", torch.ones(num_layers, 1, 1, input_dim))
         self.scalar_mix = ScalarMix(num_layers, do_layer_norm=do_layer_norm)
+        # The char-CNN layer and the LSTM layers differ in scale by an order of magnitude, and so
+        # do biLMs of different training length; a per-token LayerNorm makes one lr fit all.
+        self.norm = nn.LayerNorm(input_dim)
         self.dropout = nn.Dropout(dropout)
         self.encoder_type = encoder
         if encoder == "bilstm":
@@ -50,9 +57,17 @@ class ElmoClassifierHead(nn.Module):
         # Pooled ELMo vectors are concatenated too: a direct path that trains in the first epoch.
         self.output = nn.Linear(2 * enc_dim + 2 * input_dim, num_classes)
 
+    @torch.no_grad()
+    def set_standardization(self, layers: torch.Tensor) -> None:
+        """layers: `[L, N_tokens, 2P]` training tokens (no padding) -> per-layer mean/std buffers."""
+        x = layers.float()
+        self.feature_mean.copy_(x.mean(1)[:, None, None, :])
+        self.feature_std.copy_(x.std(1).clamp_min(1e-3)[:, None, None, :])
+
     def forward(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        layers = (layers - self.feature_mean) / self.feature_std * mask[None, :, :, None].to(layers.dtype)
         x = self.scalar_mix(list(layers.unbind(0)), mask)  # [B, T, 2P]
-        x = self.dropout(x)
+        x = self.dropout(self.norm(x))
         if self.encoder_type == "bilstm":
             lengths = mask.sum(1).clamp_min(1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)

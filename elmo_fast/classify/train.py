@@ -59,10 +59,10 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = ElmoClassifierHead(train.num_layers, train.dim, num_classes, encoder=encoder, hidden=hidden, dropout=dropout).to(device)
+    head = ElmoClassifierHead(train.num_layers, train.dim, num_classes, encoder=encoder, hidden=hidden, dropout=dropout)
+    head.set_standardization(train.layers[:, :: max(1, train.layers.shape[1] // 200_000)])
+    head = head.to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = -(-len(train) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max_epochs * steps_per_epoch, pct_start=0.1)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = nn.CrossEntropyLoss()
@@ -83,7 +83,6 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
             nn.utils.clip_grad_norm_(head.parameters(), 5.0)
             scaler.step(opt)
             scaler.update()
-            sched.step()
             total += loss.item() * len(idx)
         acc = float((predict(head, valid, device=device).argmax(1) == y_valid).mean())
         history.append({"epoch": epoch, "train_loss": total / len(train), "valid_accuracy": acc})
@@ -113,6 +112,28 @@ def tfidf_svm_baseline(train: LabeledTexts, test: LabeledTexts) -> dict:
     return {"accuracy": float(accuracy_score(test.labels, pred)), "macro_f1": float(f1_score(test.labels, pred, average="macro"))}
 
 
+def bow_probabilities(train: LabeledTexts, *others: LabeledTexts, C: float = 10.0) -> list[np.ndarray]:
+    """TF-IDF (word 1-2 grams) + logistic regression fitted on `train`; class probabilities of each of `others`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    clf = LogisticRegression(C=C, max_iter=2000).fit(vec.fit_transform(train.documents()), train.labels)
+    out = []
+    for d in others:
+        p = np.zeros((len(d), train.num_classes), dtype=np.float32)
+        p[:, clf.classes_] = clf.predict_proba(vec.transform(d.documents()))
+        out.append(p)
+    return out
+
+
+def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
+    """Weighted geometric mean of the two models' probabilities (w on ELMo), renormalised."""
+    logp = w * np.log(p_elmo + 1e-9) + (1 - w) * np.log(p_bow + 1e-9)
+    p = np.exp(logp - logp.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
 def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
     """The frozen biLM of an ELMo directory (`options.json` + `weights.hdf5`, e.g. from `elmo-fast pretrain`)."""
     from ..modules.bilm import ElmoBiLm
@@ -132,9 +153,13 @@ def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
 def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None = None, *, valid: LabeledTexts | None = None,
              valid_fraction: float = 0.1, max_tokens: int | None = 200, encoder: str = "bilstm", hidden: int = 128,
              max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
-             baseline: bool = True, progress: bool = True, log=print) -> dict:
+             baseline: bool = True, bow: bool = False, progress: bool = True, log=print) -> dict:
     """The whole pipeline with a frozen ELMo: tokenize, cache the biLM layers, train the head with
     early stopping on `valid` (default: a stratified `valid_fraction` of `train`), evaluate on `test`.
+
+    `bow=True` adds a bag-of-words model (TF-IDF + logistic regression on the same training rows)
+    and combines the two by a weighted geometric mean whose weight is chosen on the validation
+    split; `accuracy` is then the combination's, and `elmo_only` / `bow_only` hold the parts.
 
     Writes (when `out_dir` is given) metrics.json, report.txt, confusion_matrix.png, predictions.csv
     and classifier.pt. Returns the metrics dict (accuracy, macro_f1, per_class, ...).
@@ -161,8 +186,24 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
                             batch_size=batch_size, lr=lr, seed=seed, progress=progress, log=log)
     timings["classifier_s"] = info.pop("train_seconds")
     probs = predict(head, caches["test"])
+    extra = {}
+    if bow:
+        p_valid = predict(head, caches["valid"])
+        b_valid, b_test = bow_probabilities(train, valid, test)
+        grid = np.round(np.linspace(0, 1, 11), 2)
+        scores = [float((combine(p_valid, b_valid, w).argmax(1) == valid.labels).mean()) for w in grid]
+        w = float(grid[int(np.argmax(scores))])
+        extra = {"elmo_only": compute_metrics(test.labels, probs.argmax(1), train.class_names),
+                 "bow_only": compute_metrics(test.labels, b_test.argmax(1), train.class_names),
+                 "ensemble_weight_elmo": w, "ensemble_valid_accuracy": max(scores)}
+        for k in ("elmo_only", "bow_only"):
+            extra[k] = {m: extra[k][m] for m in ("accuracy", "macro_f1")}
+        log(f"ELMo + bag-of-words: weight {w} on ELMo (valid accuracy {max(scores):.4f}); "
+            f"test accuracy ELMo alone {extra['elmo_only']['accuracy']:.4f}, bag-of-words alone {extra['bow_only']['accuracy']:.4f}")
+        probs = combine(probs, b_test, w)
     metrics = compute_metrics(test.labels, probs.argmax(1), train.class_names)
-    metrics.update({"n_train": len(train), "n_valid": len(valid), "n_test": len(test), "encoder": encoder,
+    metrics.update(extra)
+    metrics.update({"n_train": len(train), "n_valid": len(valid), "n_test": len(test), "encoder": encoder, "bow": bow,
                     "max_tokens": max_tokens, "training": info, "timings": timings})
     if baseline:
         metrics["tfidf_svm"] = tfidf_svm_baseline(train, test)
