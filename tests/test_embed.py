@@ -101,8 +101,10 @@ def test_embed_errors(elmo_dir, tmp_path, capsys):
     assert not (tmp_path / "o.hdf5").exists()
     rc = cli_main(["embed", "--input", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o.hdf5"), "--elmo", elmo_dir])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
-    rc = cli_main(["embed", "--input", str(bad), "--output", str(tmp_path / "o.hdf5"), "--elmo", str(tmp_path / "noelmo")])
-    assert rc == 2
+    good = tmp_path / "good.txt"
+    good.write_text("one sentence\n")
+    rc = cli_main(["embed", "--input", str(good), "--output", str(tmp_path / "o.hdf5"), "--elmo", str(tmp_path / "noelmo")])
+    assert rc == 2 and "options.json and weights.hdf5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="layers must be one of"):
         embed_sentences(elmo_dir, [["a"]], layers="bottom")
     with pytest.raises(ValueError, match="sentence 1 is empty"):

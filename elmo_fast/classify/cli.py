@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--max-tokens", type=int, default=200, help="tokens kept per document (title first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bow", action="store_true", help="combine with a TF-IDF + logistic-regression model (weight chosen on validation)")
@@ -46,7 +47,7 @@ def run(args) -> int:
     bilm = load_bilm(args.elmo, backend=args.backend, device=device)
     m = classify(train, test, bilm, args.out, valid=valid, valid_fraction=args.valid_fraction, max_tokens=args.max_tokens,
                  encoder=args.encoder, hidden=args.hidden, max_epochs=args.epochs, patience=args.patience,
-                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=not args.no_baseline, bow=args.bow,
+                 batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed, baseline=not args.no_baseline, bow=args.bow,
                  progress=not args.no_progress)
     what = "ELMo + bag-of-words" if args.bow else "ELMo"
     print(f"test accuracy ({what}): {m['accuracy']:.4f}  (macro-F1 {m['macro_f1']:.4f}, {m['n_test']} test rows)")

@@ -152,7 +152,7 @@ def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
 
 def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None = None, *, valid: LabeledTexts | None = None,
              valid_fraction: float = 0.1, max_tokens: int | None = 200, encoder: str = "bilstm", hidden: int = 128,
-             max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+             max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.3, seed: int = 0,
              baseline: bool = True, bow: bool = False, progress: bool = True, log=print) -> dict:
     """The whole pipeline with a frozen ELMo: tokenize, cache the biLM layers, train the head with
     early stopping on `valid` (default: a stratified `valid_fraction` of `train`), evaluate on `test`.
@@ -183,7 +183,7 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
     log(f"ELMo features: {n_tok:,} tokens in {timings['elmo_s']:.1f} s ({timings['elmo_tokens_per_s']:,.0f} tokens/s)")
     head, info = train_head(caches["train"], train.labels, caches["valid"], valid.labels, train.num_classes,
                             encoder=encoder, hidden=hidden, max_epochs=max_epochs, patience=patience,
-                            batch_size=batch_size, lr=lr, seed=seed, progress=progress, log=log)
+                            batch_size=batch_size, lr=lr, dropout=dropout, seed=seed, progress=progress, log=log)
     timings["classifier_s"] = info.pop("train_seconds")
     probs = predict(head, caches["test"])
     extra = {}
