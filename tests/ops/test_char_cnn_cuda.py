@@ -16,7 +16,7 @@ from torch.utils import cpp_extension
 from elmo_fast import _ext
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close
-from test_char_cnn import flat, make_params, mixed_ids
+from tests.ops.test_char_cnn import flat, make_params, mixed_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(ROOT, "csrc", "char_cnn", "char_cnn_cuda.cu")
