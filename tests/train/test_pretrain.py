@@ -161,3 +161,14 @@ def test_cli(tmp_path, tiny_text, capsys):
         _cli(["pretrain", "--train", str(tmp_path / "missing.txt"), "--out", str(out), "--max-steps", "1"])
     with pytest.raises(ValueError, match="--max-steps and/or --max-time"):
         _cli(["pretrain", "--train", tiny_text, "--out", str(out)])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_autocast_on_gpu_matches_cpu_run(tmp_path, tiny_text):
+    """On a GPU the loop trains under bf16 autocast; its perplexity must stay close to the fp32 CPU run."""
+    kw = dict(FAST, batch_size=3, seed=1, dropout=0.0, optimizer="adam", lr=1e-2, max_steps=5)
+    cpu = pretrain(tiny_text, tiny_text, small_options(), tmp_path / "cpu", device="cpu", **kw)
+    gpu = pretrain(tiny_text, tiny_text, small_options(), tmp_path / "gpu", device="cuda", amp=True, **kw)
+    assert math.isfinite(gpu["valid_perplexity"])
+    assert abs(math.log(gpu["valid_perplexity"]) - math.log(cpu["valid_perplexity"])) < 0.05
