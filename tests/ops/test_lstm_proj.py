@@ -169,3 +169,35 @@ def test_bad_inputs_give_clear_errors():
         e = torch.empty(0)
         torch.ops.elmo_fast.lstm_proj_bwd(torch.zeros(3, 5, 2), torch.zeros(3, 2), torch.zeros(3, 5), x, lengths, w_in,
                                           w_rec, w_proj, h0, c0, e, e, e, e, e, 0.0, 0.0, False)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bf16_gemm_inference_accuracy(reverse):
+    """bf16 GEMM operands with fp32 state: error vs the fp32 reference at most 2x that of the eager
+    reference run entirely in bf16 (flash-attention's low-precision rule)."""
+    x, lengths, ws, h0, c0 = make_inputs(B=6, T=9, I=33, C=40, P=17, scale=1.5, lengths=torch.tensor([9, 1, 4, 0, 9, 3]))
+    ref = lstm_proj_ref(x, lengths, *ws, 3.0, 3.0, reverse, h0, c0)
+    low = lstm_proj_ref(x.bfloat16(), lengths, *[w.bfloat16() for w in ws], 3.0, 3.0, reverse, h0.bfloat16(), c0.bfloat16())
+    with torch.no_grad():
+        out = lstm_proj(x, lengths, *ws, 3.0, 3.0, reverse, h0, c0, backend="cpp", gemm_dtype=torch.bfloat16)
+    for name, r, lo, o in zip(("out", "h_n", "c_n"), ref, low, out):
+        assert o.dtype == torch.float32
+        err, err_low = (o - r).abs().max().item(), (lo.float() - r).abs().max().item()
+        assert err <= 2 * err_low + 1e-6, f"{name}: bf16-GEMM error {err:.3g} > 2x eager-bf16 error {err_low:.3g}"
+        assert_close(name, r, o, atol=3e-2, rtol=3e-2)
+    assert (out[0][torch.arange(9)[None, :] >= lengths[:, None]] == 0).all()
+
+
+def test_bf16_gemm_rejects_training_and_other_backends():
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        lstm_proj(x, lengths, *[w.requires_grad_() for w in ws], backend="cpp", gemm_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="cpp backend"):
+        lstm_proj(x, lengths, *ws, backend="torch", gemm_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="gemm_dtype must be"):
+        lstm_proj(x, lengths, *ws, backend="cpp", gemm_dtype=torch.float16)
+
+
+def test_opcheck_bf16_forward():
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_bf16.default, (x, lengths, *ws, h0, c0, 0.7, 0.4, True))
