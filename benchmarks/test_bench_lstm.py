@@ -8,7 +8,8 @@ with 1 and 2 intra-op threads. Not run by CI (speed is never asserted in tests).
 
 Select with -k (e.g. "small and fwd and 32x20"); 'original' forward+backward is slow on a CPU.
 Providers: "eager" (lstm_proj_ref, AllenNLP's per-step structure) and the fastest available
-backend for the device ("cpp" on a CPU, "cuda" on a GPU); "triton" too on a GPU.
+backend for the device ("cpp" on a CPU, "cuda" on a GPU); "triton" too on a GPU; "cpp_bf16" is
+the cpp backend with bf16 GEMM operands and fp32 state (inference only).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from elmo_fast._backend import available_backends
 from elmo_fast.modules.lstm import ElmoLstm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FAST = [b for b in ("cuda", "triton") if b in available_backends(DEVICE)] if DEVICE == "cuda" else ["cpp"]
+FAST = [b for b in ("cuda", "triton") if b in available_backends(DEVICE)] if DEVICE == "cuda" else ["cpp", "cpp_bf16"]
 SHAPES = [(32, 20), (64, 40)]
 
 
@@ -60,11 +61,14 @@ def _sync():
 def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
     if DEVICE == "cuda" and threads != 1:
         pytest.skip("thread count only matters on the CPU")
+    if provider == "cpp_bf16" and mode != "fwd":
+        pytest.skip("the bf16-GEMM path is inference-only")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model = _model(preset)
-        model.set_backend("torch" if provider == "eager" else provider)
+        model.set_backend({"eager": "torch", "cpp_bf16": "cpp"}.get(provider, provider))
+        model.set_gemm_dtype(torch.bfloat16 if provider == "cpp_bf16" else None)
         x, mask = _inputs(*shape, model.hidden_size)
         if mode == "fwdbwd":
             model.requires_grad_(True)
