@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # module -> owner of a subcommand; each defines add_parser(subparsers) and sets func=...
-SUBCOMMANDS = ("elmo_fast.train.cli", "elmo_fast.classify.cli", "elmo_fast.embed")
+SUBCOMMANDS = ("elmo_fast.train.cli", "elmo_fast.classify.cli", "elmo_fast.embed", "elmo_fast.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,11 @@
 import os
 
+# Triton kernels run on the CPU only under the interpreter, which must be switched on before
+# triton (or elmo_fast) is first imported. It is harmless for everything else: on a CPU the
+# default backend choice never picks Triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+
 import pytest
 import torch
 

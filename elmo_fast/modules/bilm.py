@@ -30,6 +30,8 @@ class ElmoBiLm(nn.Module):
     def __init__(self, options_file: OptionsLike, weight_file=None, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, stateful: bool = True, backend: str | None = None):
         super().__init__()
+        if options_file is None:
+            raise ValueError("ElmoBiLm needs options_file (an options.json path, a preset name or a dict)")
         self.options = load_options(options_file)
         lstm = self.options["lstm"]
         self._token_embedder = ElmoCharacterEncoder(self.options, backend=backend)
@@ -67,18 +69,21 @@ class ElmoBiLm(nn.Module):
 
     @torch.no_grad()
     def create_cached_cnn_embeddings(self, tokens: list[str], batch_size: int = 4096) -> None:
-        """Run the character encoder once over `["<S>", "</S>"] + tokens` and keep the vectors."""
+        """Run the character encoder once over `["<S>", "</S>"] + tokens` and keep the vectors.
+
+        As in AllenNLP, word id k then means `tokens[k]`, and id 0 is padding (so `tokens[0]` is
+        normally the padding token of the caller's vocabulary)."""
         words = ["<S>", "</S>"] + list(tokens)
         ids = batch_to_ids([words])[0].to(self._token_embedder._char_embedding_weights.device)
         vecs = torch.cat([self._token_embedder.encode_ids(ids[i : i + batch_size]) for i in range(0, len(words), batch_size)])
         self._bos_embedding, self._eos_embedding = vecs[0], vecs[1]
-        self._word_embedding = nn.Embedding.from_pretrained(vecs, freeze=True)
+        self._word_embedding = nn.Embedding.from_pretrained(vecs[2:], freeze=True, padding_idx=0)
 
     def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
         """inputs `[B, T, 50]` char ids (or word ids `[B, T]` with a cached vocabulary) ->
         {'activations': num_layers x `[B, T+2, 2P]`, 'mask': `[B, T+2]` bool}."""
         if self._word_embedding is not None and word_inputs is not None:
-            if int(word_inputs.max(initial=0) if word_inputs.numel() else 0) >= self._word_embedding.num_embeddings:
+            if word_inputs.numel() and int(word_inputs.max()) >= self._word_embedding.num_embeddings:
                 raise ValueError(
                     f"word id {int(word_inputs.max())} is outside the cached vocabulary of {self._word_embedding.num_embeddings}"
                 )

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..chars import BOS_IDS, EOS_IDS
-from ..ops.char_cnn import char_cnn
+from ..ops.char_cnn import WordVectorCache, char_cnn
 
 
 class Highway(nn.Module):
@@ -44,6 +44,11 @@ class ElmoCharacterEncoder(nn.Module):
         self._projection = nn.Linear(F_total, self.output_dim, bias=True)
         self.register_buffer("_beginning_of_sentence_characters", torch.from_numpy(BOS_IDS.copy()), persistent=False)
         self.register_buffer("_end_of_sentence_characters", torch.from_numpy(EOS_IDS.copy()), persistent=False)
+        self.word_cache: WordVectorCache | None = None
+
+    def enable_word_cache(self, max_entries: int = 100_000) -> None:
+        """Reuse word vectors across batches when no gradient is needed (dropped when weights change)."""
+        self.word_cache = WordVectorCache(max_entries) if max_entries > 0 else None
 
     @property
     def convolutions(self) -> list[nn.Conv1d]:
@@ -63,6 +68,7 @@ class ElmoCharacterEncoder(nn.Module):
             self._projection.bias,
             self.activation,
             backend=self.backend,
+            cache=self.word_cache,
         )
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:

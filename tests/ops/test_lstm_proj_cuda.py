@@ -43,7 +43,7 @@ def test_cuda_sources_compile(src, tmp_path):
 def test_cuda_matches_reference(reverse, clips):
     if _ext.cuda_ext() is None:
         pytest.fail(f"a GPU is present but elmo_fast._C_cuda is not built ({_ext.load_error('_C_cuda')}); {_ext.INSTALL_HINT}")
-    from test_lstm_proj import NAMES, make_inputs, run
+    from tests.ops.test_lstm_proj import NAMES, make_inputs, run
 
     x, lengths, ws, h0, c0 = make_inputs(B=7, T=9, I=5, C=300, P=6, scale=2.0)  # C > one 256-thread block
     x, ws, h0, c0 = x.cuda(), [w.cuda() for w in ws], h0.cuda(), c0.cuda()

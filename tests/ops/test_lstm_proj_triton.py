@@ -39,7 +39,7 @@ def _device():
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
 def test_triton_matches_reference(reverse, clips):
-    from test_lstm_proj import make_inputs, run
+    from tests.ops.test_lstm_proj import make_inputs, run
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, scale=2.0, lengths=torch.tensor([6, 1, 0, 4, 6]))
@@ -59,7 +59,7 @@ def test_triton_matches_reference(reverse, clips):
 @here
 def test_triton_no_grad_path():
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
-    from test_lstm_proj import make_inputs
+    from tests.ops.test_lstm_proj import make_inputs
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=4, T=5, I=3, C=8, P=3, lengths=torch.tensor([2, 5, 1, 3]))

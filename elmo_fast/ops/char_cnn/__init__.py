@@ -1,4 +1,5 @@
+from .cache import WordVectorCache
 from .function import char_cnn
 from .reference import char_cnn_ref
 
-__all__ = ["char_cnn", "char_cnn_ref"]
+__all__ = ["WordVectorCache", "char_cnn", "char_cnn_ref"]

@@ -1,15 +1,33 @@
-"""Public entry point of the character encoder op: validation and backend dispatch."""
+"""Public entry point of the character encoder op: validation, deduplication and backend dispatch.
+
+Layers (fast -> slow):
+  * `char_cnn()`                 validates, deduplicates tokens, runs the fused conv+max, then the
+                                 highway layers and projection as ATen GEMMs, scatters back.
+  * `CharConvMaxFunction`        autograd for the fused part (gather -> conv of every width -> max
+                                 over positions -> activation); the backend picked in forward is
+                                 stored on ctx and reused in backward.
+  * backends                     'cpp' (csrc/char_cnn/char_cnn.cpp) and 'cuda' (char_cnn_cuda.cu):
+                                 one registered op, torch.ops.elmo_fast.char_cnn_conv_max;
+                                 'triton' (triton_impl.py); 'torch' (eager, the fallback).
+
+Memory choice for backward: instead of the per-position conv outputs ([N, F, 50 - w + 1], which the
+eager module keeps for autograd) the fused op saves only the activated features and the argmax
+position ([N, F] int32); backward routes each filter's gradient through its winning window. No
+recomputation is needed.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
+from ... import _ext
 from ..._backend import choose_backend
 from .reference import char_cnn_ref
 
-SUPPORTED = ("torch",)
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
 def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights, highway_biases, proj_weight, proj_bias, activation):
@@ -21,6 +39,8 @@ def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights,
         raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
     if len(conv_weights) != len(conv_biases) or not conv_weights:
         raise ValueError("conv_weights and conv_biases must be non-empty lists of the same length")
+    if char_embedding.dim() != 2:
+        raise ValueError(f"char_embedding must be [262, E], got shape {tuple(char_embedding.shape)}")
     E = char_embedding.shape[1]
     F_total = 0
     for k, (w, b) in enumerate(zip(conv_weights, conv_biases)):
@@ -34,6 +54,154 @@ def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights,
             raise ValueError(f"highway {k}: expected weight [{2 * F_total}, {F_total}] and bias [{2 * F_total}], got {tuple(w.shape)}, {tuple(b.shape)}")
     if proj_weight.dim() != 2 or proj_weight.shape[1] != F_total or proj_bias.shape != (proj_weight.shape[0],):
         raise ValueError(f"projection: expected weight [P, {F_total}] and bias [P], got {tuple(proj_weight.shape)}, {tuple(proj_bias.shape)}")
+    params = [char_embedding, *conv_weights, *conv_biases, *highway_weights, *highway_biases, proj_weight, proj_bias]
+    if any(p.device != char_ids.device for p in params):
+        raise ValueError(f"char_ids is on {char_ids.device} but some weights are elsewhere; move the module and the ids to one device")
+    if any(p.dtype != char_embedding.dtype for p in params):
+        raise TypeError(f"all char-CNN weights must share one dtype; got {sorted({str(p.dtype) for p in params})}")
+    if char_ids.numel():
+        lo, hi = int(char_ids.min()), int(char_ids.max())
+        if lo < 0 or hi >= char_embedding.shape[0]:
+            raise ValueError(f"char ids must lie in [0, {char_embedding.shape[0]}), got min {lo} max {hi}; build them with elmo_fast.batch_to_ids")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends of the fused conv + max + activation: (features [N, F], argmax int32 [N, F]).
+
+
+def _conv_max_torch(char_ids, emb, weights, biases, activation):
+    """Eager version of the fused op (also its fp64 oracle): conv1d per width, max, activation."""
+    x = F.embedding(char_ids, emb).transpose(1, 2)  # [N, E, W]
+    feats, idx = [], []
+    for w, b in zip(weights, biases):
+        y, a = F.conv1d(x, w, b).max(dim=-1)  # [N, F_i]
+        feats.append(torch.relu(y) if activation == "relu" else torch.tanh(y))
+        idx.append(a)
+    return torch.cat(feats, -1), torch.cat(idx, -1).to(torch.int32)
+
+
+def _conv_max_bwd_torch(grad, char_ids, emb, weights, feats, argmax, activation):
+    """Reference backward through the argmax, in plain PyTorch (used by the 'torch' backend)."""
+    dpre = grad * (feats > 0) if activation == "relu" else grad * (1 - feats * feats)
+    N, W = char_ids.shape
+    E = emb.shape[1]
+    grad_emb = torch.zeros_like(emb)
+    gw, gb, off = [], [], 0
+    x = F.embedding(char_ids, emb)  # [N, W, E]
+    for w in weights:
+        Fi, _, width = w.shape
+        d = dpre[:, off : off + Fi]  # [N, F_i]
+        pos = argmax[:, off : off + Fi].long()[..., None] + torch.arange(width, device=w.device)  # [N, F_i, w]
+        win = x[torch.arange(N, device=w.device)[:, None, None], pos]  # [N, F_i, w, E]
+        gw.append(torch.einsum("nf,nfje->fej", d, win))
+        gb.append(d.sum(0))
+        contrib = d[..., None, None] * w.permute(0, 2, 1)[None]  # [N, F_i, w, E]
+        ids = char_ids.gather(1, pos.reshape(N, -1)).reshape(-1)
+        grad_emb.index_add_(0, ids, contrib.reshape(-1, E))
+        off += Fi
+    return grad_emb, gw, gb
+
+
+def _conv_max_cpp(char_ids, emb, weights, biases, activation):
+    _ext.require_cpp()
+    return torch.ops.elmo_fast.char_cnn_conv_max(char_ids, emb, list(weights), list(biases), activation)
+
+
+def _conv_max_bwd_cpp(grad, char_ids, emb, weights, feats, argmax, activation):
+    return torch.ops.elmo_fast.char_cnn_conv_max_backward(grad.contiguous(), char_ids, emb, list(weights), feats, argmax, activation)
+
+
+def _triton():
+    from . import triton_impl
+
+    return triton_impl
+
+
+def _conv_max_cuda(char_ids, emb, weights, biases, activation):
+    if _ext.cuda_ext() is None:
+        raise RuntimeError(f"elmo_fast._C_cuda is not built ({_ext.load_error('_C_cuda')}); build with a CUDA torch: {_ext.INSTALL_HINT}")
+    return torch.ops.elmo_fast.char_cnn_conv_max(char_ids, emb, list(weights), list(biases), activation)
+
+
+_FWD = {
+    "torch": _conv_max_torch,
+    "cpp": _conv_max_cpp,
+    "cuda": _conv_max_cuda,
+    "triton": lambda *a: _triton().char_cnn_conv_max_fwd(*a),
+}
+_BWD = {
+    "torch": _conv_max_bwd_torch,
+    "cpp": _conv_max_bwd_cpp,
+    "cuda": _conv_max_bwd_cpp,  # the same registered op; the dispatcher picks the CUDA kernel
+    "triton": lambda *a: _triton().char_cnn_conv_max_bwd(*a),
+}
+
+
+class CharConvMaxFunction(torch.autograd.Function):
+    """Fused gather -> conv (every width) -> max over positions -> activation, `[N, W]` ids -> `[N, F]`.
+
+    Saves the activated features and the argmax ([N, F] int32), never the per-position outputs.
+    """
+
+    @staticmethod
+    def forward(ctx, backend: str, activation: str, char_ids, emb, n_filters: int, *params):
+        weights, biases = params[:n_filters], params[n_filters:]
+        feats, argmax = _FWD[backend](char_ids, emb, weights, biases, activation)
+        ctx.backend, ctx.activation, ctx.n_filters = backend, activation, n_filters
+        ctx.save_for_backward(char_ids, emb, feats, argmax, *weights)
+        ctx.mark_non_differentiable(argmax)
+        return feats, argmax
+
+    @staticmethod
+    def backward(ctx, grad, _grad_argmax):
+        char_ids, emb, feats, argmax, *weights = ctx.saved_tensors
+        grad_emb, gw, gb = _BWD[ctx.backend](grad, char_ids, emb, weights, feats, argmax, ctx.activation)
+        return (None, None, None, grad_emb, None, *gw, *gb)
+
+
+def char_cnn_conv_max(char_ids, emb, weights, biases, activation="relu", backend: str | None = None):
+    """Fused conv + max + activation alone (no highway/projection): `[N, W]` ids -> (`[N, F]`, argmax `[N, F]` int32)."""
+    chosen = choose_backend(char_ids.device, SUPPORTED, backend)
+    return CharConvMaxFunction.apply(chosen, activation, char_ids, emb, len(weights), *weights, *biases)
+
+
+# torch.library registrations for the C++ op: shape-only ("fake") kernels for torch.compile /
+# opcheck, and autograd, so torch.ops.elmo_fast.char_cnn_conv_max is differentiable on its own.
+if _ext.cpp_ext() is not None:
+
+    @torch.library.register_fake("elmo_fast::char_cnn_conv_max")
+    def _(char_ids, embedding, weights, biases, activation):
+        F_total = sum(b.shape[0] for b in biases)
+        N = char_ids.shape[0]
+        return embedding.new_empty(N, F_total), embedding.new_empty(N, F_total, dtype=torch.int32)
+
+    @torch.library.register_fake("elmo_fast::char_cnn_conv_max_backward")
+    def _(grad, char_ids, embedding, weights, features, argmax, activation):
+        return torch.empty_like(embedding), [torch.empty_like(w) for w in weights], [w.new_empty(w.shape[0]) for w in weights]
+
+    def _setup_context(ctx, inputs, output):
+        char_ids, emb, weights, _biases, activation = inputs
+        ctx.activation = activation
+        ctx.save_for_backward(char_ids, emb, output[0], output[1], *weights)
+
+    def _backward(ctx, grad, _grad_argmax):
+        char_ids, emb, feats, argmax, *weights = ctx.saved_tensors
+        grad_emb, gw, gb = torch.ops.elmo_fast.char_cnn_conv_max_backward(grad.contiguous(), char_ids, emb, weights, feats, argmax, ctx.activation)
+        return None, grad_emb, gw, gb, None
+
+    torch.library.register_autograd("elmo_fast::char_cnn_conv_max", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deduplication and the inference cache.
+
+
+def unique_tokens(char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of `char_ids` `[N, W]` -> (`[U, W]`, inverse `[N]` with `char_ids == uniq[inverse]`)."""
+    if char_ids.shape[0] <= 1:
+        return char_ids, torch.arange(char_ids.shape[0], device=char_ids.device)
+    uniq, inverse = torch.unique(char_ids, dim=0, return_inverse=True)
+    return uniq, inverse
 
 
 def char_cnn(
@@ -47,11 +215,49 @@ def char_cnn(
     proj_bias: torch.Tensor,
     activation: str = "relu",
     backend: str | None = None,
+    *,
+    dedup: bool = True,
+    cache=None,
 ) -> torch.Tensor:
-    """Character ids `[N, 50]` to word vectors `[N, P]`; see `char_cnn_ref` for the argument shapes."""
-    args = (char_ids, char_embedding, list(conv_weights), list(conv_biases), list(highway_weights), list(highway_biases), proj_weight, proj_bias)
+    """Character ids `[N, 50]` to word vectors `[N, P]`; see `char_cnn_ref` for the argument shapes.
+
+    backend: 'cpp' | 'triton' | 'torch' | None (the fastest available; env ELMO_FAST_BACKEND).
+    dedup: run the encoder once per distinct token and index the result back (gradients of
+        repeated tokens are summed by autograd's index backward).
+    cache: an optional `WordVectorCache` (inference only: used when no gradient is needed).
+
+    Example:
+        >>> out = char_cnn(ids, emb, convs_w, convs_b, hw_w, hw_b, proj_w, proj_b)  # [N, P]
+    """
+    weights, biases = list(conv_weights), list(conv_biases)
+    hw_w, hw_b = list(highway_weights), list(highway_biases)
+    args = (char_ids, char_embedding, weights, biases, hw_w, hw_b, proj_weight, proj_bias)
     _check(*args, activation)
     chosen = choose_backend(char_ids.device, SUPPORTED, backend)
-    if chosen == "torch":
+    if chosen == "cpp" and char_embedding.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the C++ CPU kernel supports float32/float64 weights, got {char_embedding.dtype}; "
+            "call module.float() for CPU inference, or pass backend='torch'"
+        )
+    params = [char_embedding, *weights, *biases, *hw_w, *hw_b, proj_weight, proj_bias]
+    if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False))
+    if chosen == "torch" and not dedup:
         return char_cnn_ref(*args, activation)
-    raise AssertionError(chosen)
+    return _encode(chosen, *args, activation, dedup=dedup)
+
+
+def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, dedup):
+    inverse = None
+    if dedup and char_ids.shape[0] > 1:
+        char_ids, inverse = unique_tokens(char_ids)
+    if char_ids.shape[0] == 0:
+        h = emb.new_zeros(0, sum(b.shape[0] for b in biases))
+    else:
+        h, _ = CharConvMaxFunction.apply(backend, activation, char_ids.contiguous(), emb, len(weights), *weights, *biases)
+    for w, b in zip(hw_w, hw_b):
+        n, g = F.linear(h, w, b).chunk(2, dim=-1)
+        g = torch.sigmoid(g)
+        h = g * h + (1 - g) * torch.relu(n)
+    out = F.linear(h, proj_weight, proj_bias)
+    return out if inverse is None else out[inverse]

@@ -1,0 +1,90 @@
+"""Character encoder: fused op (dedup + C++/CUDA/Triton kernel + ATen highway/projection) vs the
+eager reference `char_cnn_ref`, side by side in one run.
+
+Grid: provider (eager, fast) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
+text, random unique words: separates dedup from kernel speed) x shape (32x20, 64x40) x threads
+(1, 2; CPU only). Each record carries tokens/s and the achieved FLOP/s counted with the eager
+reference's operation count (so 'fast' above the hardware peak means work avoided, not faster
+arithmetic). Run:  pytest benchmarks/test_bench_char_cnn.py --benchmark-json out.json
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common import SHAPES, char_ids, options, real_text_batch, tokens_per_second, unique_words_batch
+from elmo_fast._backend import choose_backend
+from elmo_fast.modules.char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
+from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
+from elmo_fast.ops.char_cnn.function import SUPPORTED
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def eager_flops(opts: dict, n_tokens: int, backward: bool) -> float:
+    """Multiply-adds x 2 of the eager encoder (full conv over all positions), x3 with backward."""
+    cnn = opts["char_cnn"]
+    E, W, F_total = cnn["embedding"]["dim"], cnn["max_characters_per_token"], sum(n for _, n in cnn["filters"])
+    conv = sum(2 * n * E * w * (W - w + 1) for w, n in cnn["filters"])
+    dense = cnn["n_highway"] * 2 * F_total * 2 * F_total + 2 * F_total * opts["lstm"]["projection_dim"]
+    return (conv + dense) * n_tokens * (3 if backward else 1)
+
+
+@pytest.mark.parametrize("provider", ["eager", "fast"])  # top decorator varies fastest: eager and fast adjacent
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("data", ["real", "unique"])
+@pytest.mark.parametrize("preset", ["small", "original"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, threads):
+    if device == "cuda" and threads == 2:
+        pytest.skip("thread count only matters on the CPU")
+    opts = options(preset)
+    enc = ElmoCharacterEncoder(opts).to(device)
+    batch = real_text_batch(*shape) if data == "real" else unique_words_batch(*shape)
+    x = char_ids(batch).to(device)
+    ids, _ = add_sentence_boundary_token_ids(x, (x > 0).any(-1), enc._beginning_of_sentence_characters, enc._end_of_sentence_characters)
+    ids = ids.reshape(-1, ids.shape[-1])
+    convs = enc.convolutions
+    args = (
+        ids,
+        enc._char_embedding_weights,
+        [c.weight for c in convs],
+        [c.bias for c in convs],
+        [layer.weight for layer in enc._highways._layers],
+        [layer.bias for layer in enc._highways._layers],
+        enc._projection.weight,
+        enc._projection.bias,
+        opts["char_cnn"]["activation"],
+    )
+    fn = (lambda: char_cnn_ref(*args)) if provider == "eager" else (lambda: char_cnn(*args))
+    backward = mode == "fwd_bwd"
+    grad = torch.randn(ids.shape[0], opts["lstm"]["projection_dim"], device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+        if backward:
+            enc.zero_grad(set_to_none=True)
+            fn().backward(grad)
+        else:
+            with torch.no_grad():
+                fn()
+        sync()
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()  # warm-up (JIT of Triton kernels, allocator)
+        benchmark.pedantic(run, rounds=3 if preset == "original" or shape[0] > 32 else 5, iterations=1)
+    finally:
+        torch.set_num_threads(old_threads)
+    tokens_per_second(benchmark, ids.shape[0])
+    benchmark.extra_info.update(
+        backend="torch-eager" if provider == "eager" else choose_backend(ids.device, SUPPORTED),
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        unique_tokens=int(torch.unique(ids, dim=0).shape[0]),
+    )
+    if benchmark.stats is not None and benchmark.stats.stats.mean:
+        benchmark.extra_info["eager_equivalent_gflops"] = eager_flops(opts, ids.shape[0], backward) / benchmark.stats.stats.mean / 1e9

@@ -1,0 +1,246 @@
+// CUDA kernels of the fused character CNN (gather -> conv of each width -> max over positions ->
+// activation) and of its argmax backward; registered as the CUDA implementation of the ops that
+// csrc/char_cnn/char_cnn.cpp defines (torch.ops.elmo_fast.char_cnn_conv_max[_backward]).
+//
+// Shapes as in char_cnn.cpp: char_ids int64 [N, W], embedding [V, E], weights[i] [F_i, E, w_i],
+// biases[i] [F_i] -> features [N, F], argmax int32 [N, F]. fp32/fp64/fp16/bf16 inputs; fp32
+// accumulation (fp64 for fp64).
+//
+// Forward: one block per (kTN tokens, kTF filters) of one width. The tokens' embedding rows and the
+// [w * E, kTF] weight panel are staged in shared memory; thread (tx, ty) owns filter tx of token ty
+// and walks the positions 0..min(L, W - w) (L = start of the token's trailing run of one repeated
+// id; later windows repeat that one bit for bit), keeping a running max and its position. The
+// per-position conv outputs never leave registers.
+// Backward: d_weight one block per filter (threads over the w * E taps, looping over tokens: no
+// atomics); d_embedding one thread per (token, filter), atomically adding into the char rows.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace elmo_fast {
+namespace {
+
+constexpr int kTN = 4;   // tokens per block (threadIdx.y)
+constexpr int kTF = 64;  // filters per block (threadIdx.x)
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename scalar_t>
+__global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32_t* __restrict__ tails,
+                                    const scalar_t* __restrict__ emb, const scalar_t* __restrict__ weight /*[F_i,E,w]*/,
+                                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                                    int32_t* __restrict__ amax, int64_t N, int F_i, int F_total, int col, int W, int E,
+                                    int width, bool relu) {
+  using acc_t = typename Acc<scalar_t>::type;
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* xs = reinterpret_cast<acc_t*>(smem_raw);  // [kTN][W][E]
+  acc_t* ws = xs + kTN * W * E;                     // [w * E][kTF], k = j * E + e
+  const int K = width * E;
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kTF + tx;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTN;
+  const int f0 = blockIdx.y * kTF;
+  for (int idx = tid; idx < kTN * W * E; idx += kTN * kTF) {
+    const int t = idx / (W * E), p = (idx / E) % W, e = idx % E;
+    const int64_t n = n0 + t;
+    xs[idx] = n < N ? static_cast<acc_t>(emb[ids[n * W + p] * E + e]) : acc_t(0);
+  }
+  for (int idx = tid; idx < K * kTF; idx += kTN * kTF) {
+    const int k = idx / kTF, f = f0 + idx % kTF, j = k / E, e = k % E;
+    ws[idx] = f < F_i ? static_cast<acc_t>(weight[(static_cast<int64_t>(f) * E + e) * width + j]) : acc_t(0);
+  }
+  __syncthreads();
+  const int64_t n = n0 + ty;
+  const int f = f0 + tx;
+  if (n >= N || f >= F_i) return;
+  const int last = min(tails[n], W - width);
+  const acc_t* x = xs + ty * W * E;
+  acc_t best = -INFINITY;
+  int best_at = 0;
+  for (int p = 0; p <= last; ++p) {
+    acc_t acc = 0;
+    const acc_t* xp = x + p * E;  // the window is contiguous: w rows of E
+    for (int k = 0; k < K; ++k) acc += xp[k] * ws[k * kTF + tx];
+    if (acc > best) {  // strict: the first maximum wins, like torch.max
+      best = acc;
+      best_at = p;
+    }
+  }
+  const acc_t pre = best + static_cast<acc_t>(bias[f]);
+  const acc_t y = relu ? (pre > acc_t(0) ? pre : acc_t(0)) : tanh(pre);
+  out[n * F_total + col + f] = static_cast<scalar_t>(y);
+  amax[n * F_total + col + f] = best_at;
+}
+
+template <typename scalar_t>
+__global__ void char_cnn_bwd_weight_kernel(const int64_t* __restrict__ ids, const scalar_t* __restrict__ emb,
+                                           const float* __restrict__ dpre_t /*[F, N]*/,
+                                           const int32_t* __restrict__ amax_t /*[F, N]*/,
+                                           typename Acc<scalar_t>::type* __restrict__ dw /*[F_i, w, E]*/,
+                                           typename Acc<scalar_t>::type* __restrict__ db, int64_t N, int col, int W,
+                                           int E, int width) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int f = blockIdx.x;
+  const int K = width * E;
+  const float* d = dpre_t + static_cast<int64_t>(col + f) * N;
+  const int32_t* a = amax_t + static_cast<int64_t>(col + f) * N;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const int j = k / E, e = k % E;
+    acc_t acc = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float dn = d[n];
+      if (dn != 0.f) acc += static_cast<acc_t>(dn) * static_cast<acc_t>(emb[ids[n * W + a[n] + j] * E + e]);
+    }
+    dw[static_cast<int64_t>(f) * K + k] = acc;
+  }
+  if (threadIdx.x == 0) {
+    acc_t s = 0;
+    for (int64_t n = 0; n < N; ++n) s += d[n];
+    db[f] = s;
+  }
+}
+
+template <typename scalar_t>
+__global__ void char_cnn_bwd_embedding_kernel(const int64_t* __restrict__ ids, const scalar_t* __restrict__ weight,
+                                              const float* __restrict__ dpre, const int32_t* __restrict__ amax,
+                                              typename Acc<scalar_t>::type* __restrict__ demb, int64_t N, int F_i,
+                                              int F_total, int col, int W, int E, int width) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * F_i) return;
+  const int64_t n = idx / F_i;
+  const int f = static_cast<int>(idx % F_i);
+  const float d = dpre[n * F_total + col + f];
+  if (d == 0.f) return;
+  const int a = amax[n * F_total + col + f];
+  for (int j = 0; j < width; ++j) {
+    acc_t* row = demb + ids[n * W + a + j] * E;
+    for (int e = 0; e < E; ++e)
+      atomicAdd(row + e, static_cast<acc_t>(d) * static_cast<acc_t>(weight[(static_cast<int64_t>(f) * E + e) * width + j]));
+  }
+}
+
+at::Tensor tail_starts(const at::Tensor& ids) {
+  // Trailing run of one repeated id: count trailing positions equal to the last id.
+  auto same = ids.eq(ids.narrow(1, ids.size(1) - 1, 1)).flip({1}).to(at::kInt).cumprod(1).sum(1);
+  return (ids.size(1) - same).to(at::kInt).contiguous();
+}
+
+void check_cuda(const at::Tensor& char_ids, const at::Tensor& embedding, at::TensorList weights) {
+  TORCH_CHECK(char_ids.is_cuda() && embedding.is_cuda(), "char_cnn (cuda backend): tensors must be on a CUDA device");
+  TORCH_CHECK(char_ids.dim() == 2 && char_ids.scalar_type() == at::kLong, "char_cnn: char_ids must be int64 [N, W]");
+  TORCH_CHECK(embedding.dim() == 2, "char_cnn: embedding must be [V, E]");
+  for (const auto& w : weights)
+    TORCH_CHECK(w.dim() == 3 && w.size(1) == embedding.size(1) && w.size(2) <= char_ids.size(1) &&
+                    w.scalar_type() == embedding.scalar_type() && w.device() == embedding.device(),
+                "char_cnn: each conv weight must be [F_i, E, w_i <= W] on the embedding's device and dtype, got ",
+                w.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> char_cnn_conv_max_cuda(const at::Tensor& char_ids, const at::Tensor& embedding,
+                                                          at::TensorList weights, at::TensorList biases,
+                                                          c10::string_view activation) {
+  TORCH_CHECK(activation == "relu" || activation == "tanh", "char_cnn: activation must be 'relu' or 'tanh'");
+  check_cuda(char_ids, embedding, weights);
+  TORCH_CHECK(weights.size() == biases.size() && !weights.empty(), "char_cnn: weights and biases must pair up");
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1);
+  int64_t F_total = 0;
+  for (const auto& b : biases) F_total += b.size(0);
+  auto out = at::empty({N, F_total}, embedding.options());
+  auto amax = at::empty({N, F_total}, embedding.options().dtype(at::kInt));
+  if (N == 0) return {out, amax};
+  auto ids = char_ids.contiguous();
+  auto tails = tail_starts(ids);
+  auto emb = embedding.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  int col = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    auto w = weights[i].contiguous();
+    auto b = biases[i].contiguous();
+    const int F_i = static_cast<int>(w.size(0)), width = static_cast<int>(w.size(2));
+    const dim3 grid(static_cast<unsigned>((N + kTN - 1) / kTN), static_cast<unsigned>((F_i + kTF - 1) / kTF));
+    const dim3 block(kTF, kTN);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "char_cnn_fwd_cuda", [&] {
+      using acc_t = typename Acc<scalar_t>::type;
+      const size_t smem = (kTN * W * E + width * E * kTF) * sizeof(acc_t);
+      if (smem > 48 * 1024)  // fp64 panels of wide filters: opt in to more than the default 48 KiB
+        C10_CUDA_CHECK(cudaFuncSetAttribute(char_cnn_fwd_kernel<scalar_t>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      char_cnn_fwd_kernel<scalar_t><<<grid, block, smem, stream>>>(
+          ids.data_ptr<int64_t>(), tails.data_ptr<int32_t>(), emb.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+          b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), amax.data_ptr<int32_t>(), N, F_i,
+          static_cast<int>(F_total), col, static_cast<int>(W), static_cast<int>(E), width, activation == "relu");
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    col += F_i;
+  }
+  return {out, amax};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> char_cnn_conv_max_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& char_ids, const at::Tensor& embedding, at::TensorList weights,
+    const at::Tensor& features, const at::Tensor& argmax, c10::string_view activation) {
+  TORCH_CHECK(activation == "relu" || activation == "tanh", "char_cnn: activation must be 'relu' or 'tanh'");
+  check_cuda(char_ids, embedding, weights);
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1);
+  auto f32 = features.to(at::kFloat);
+  auto dpre = (activation == "relu" ? grad.to(at::kFloat) * f32.gt(0).to(at::kFloat)
+                                    : grad.to(at::kFloat) * (1 - f32 * f32))
+                  .contiguous();
+  auto am = argmax.contiguous();
+  auto dpre_t = dpre.t().contiguous();
+  auto am_t = am.t().contiguous();
+  auto ids = char_ids.contiguous();
+  auto emb = embedding.contiguous();
+  const auto acc_type = emb.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto demb = at::zeros(emb.sizes(), emb.options().dtype(acc_type));
+  const int F_total = static_cast<int>(dpre.size(1));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  std::vector<at::Tensor> gw, gb;
+  int col = 0;
+  for (const auto& w_in : weights) {
+    auto w = w_in.contiguous();
+    const int F_i = static_cast<int>(w.size(0)), width = static_cast<int>(w.size(2));
+    auto dw = at::zeros({F_i, width, E}, emb.options().dtype(acc_type));
+    auto db = at::zeros({F_i}, emb.options().dtype(acc_type));
+    if (N > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "char_cnn_bwd_cuda", [&] {
+        using acc_t = typename Acc<scalar_t>::type;
+        char_cnn_bwd_weight_kernel<scalar_t><<<F_i, 128, 0, stream>>>(
+            ids.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), dpre_t.data_ptr<float>(), am_t.data_ptr<int32_t>(),
+            dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), N, col, static_cast<int>(W), static_cast<int>(E), width);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const int64_t total = N * F_i;
+        char_cnn_bwd_embedding_kernel<scalar_t><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
+            ids.data_ptr<int64_t>(), w.data_ptr<scalar_t>(), dpre.data_ptr<float>(), am.data_ptr<int32_t>(),
+            demb.data_ptr<acc_t>(), N, F_i, F_total, col, static_cast<int>(W), static_cast<int>(E), width);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+    // dw is [F_i, w, E] (k = j * E + e); the Conv1d layout is [F_i, E, w].
+    gw.push_back(dw.permute({0, 2, 1}).contiguous().to(w.scalar_type()));
+    gb.push_back(db.to(w.scalar_type()));
+    col += F_i;
+  }
+  return {demb.to(emb.scalar_type()), gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(elmo_fast, CUDA, m) {
+  m.impl("char_cnn_conv_max", &char_cnn_conv_max_cuda);
+  m.impl("char_cnn_conv_max_backward", &char_cnn_conv_max_backward_cuda);
+}
+
+}  // namespace elmo_fast

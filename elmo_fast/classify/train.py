@@ -1,0 +1,215 @@
+"""Training the classifier head on cached ELMo layers (early stopping on a validation split), and
+the whole pipeline: CSV -> tokens -> frozen-ELMo cache -> classifier -> metrics on the test set."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import LabeledTexts, stratified_split
+from .features import LayerCache, compute_layers, tokenize_documents
+from .model import ElmoClassifierHead
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+@torch.no_grad()
+def predict(head: ElmoClassifierHead, cache: LayerCache, batch_size: int = 128, device=None) -> np.ndarray:
+    """Class probabilities `[N, K]` for every document of `cache`."""
+    device = device or next(head.parameters()).device
+    head.eval()
+    lens = cache.lengths().numpy()
+    order = np.argsort(lens, kind="stable")  # similar lengths together: less padding
+    out = np.zeros((len(cache), head.config["num_classes"]), dtype=np.float32)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        layers, mask = cache.batch(idx, device)
+        with torch.autocast(device_type="cuda", enabled=torch.device(device).type == "cuda"):
+            logits = head(layers, mask)
+        out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+    return out
+
+
+def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_valid: np.ndarray, num_classes: int, *,
+               encoder: str = "bilstm", hidden: int = 128, dropout: float = 0.3, lr: float = 2e-3,
+               weight_decay: float = 1e-2, batch_size: int = 32, max_epochs: int = 30, patience: int = 5,
+               seed: int = 0, device=None, progress: bool = True, log=print) -> tuple[ElmoClassifierHead, dict]:
+    """Train an `ElmoClassifierHead`, keeping the weights of the epoch with the best validation
+    accuracy and stopping after `patience` epochs without improvement. Mixed precision (autocast)
+    on a GPU.
+
+    Returns (head with the best weights, history {'epochs', 'best_epoch', 'valid_accuracy', ...}).
+    """
+    from tqdm.auto import tqdm
+
+    if len(train) != len(y_train) or len(valid) != len(y_valid):
+        raise ValueError(f"features and labels differ in length: train {len(train)} vs {len(y_train)}, valid {len(valid)} vs {len(y_valid)}")
+    if len(valid) == 0:
+        raise ValueError("the validation split is empty; give more training rows or a --valid CSV")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    head = ElmoClassifierHead(train.num_layers, train.dim, num_classes, encoder=encoder, hidden=hidden, dropout=dropout)
+    head.set_standardization(train.layers[:, :: max(1, train.layers.shape[1] // 200_000)])
+    head = head.to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = nn.CrossEntropyLoss()
+    y_train_t = torch.as_tensor(y_train, dtype=torch.long)
+    best, best_acc, best_epoch, history = None, -1.0, 0, []
+    start = time.perf_counter()
+    bar = tqdm(range(1, max_epochs + 1), desc="classifier", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        head.train()
+        total = 0.0
+        for idx in _batches(len(train), batch_size, rng):
+            layers, mask = train.batch(idx, device)
+            with torch.autocast(device_type="cuda", enabled=use_amp):
+                loss = loss_fn(head(layers, mask).float(), y_train_t[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item() * len(idx)
+        acc = float((predict(head, valid, device=device).argmax(1) == y_valid).mean())
+        history.append({"epoch": epoch, "train_loss": total / len(train), "valid_accuracy": acc})
+        bar.set_postfix(loss=f"{total / len(train):.3f}", valid_acc=f"{acc:.3f}")
+        if acc > best_acc:
+            best_acc, best_epoch, best = acc, epoch, copy.deepcopy(head.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    head.load_state_dict(best)
+    info = {"epochs": len(history), "best_epoch": best_epoch, "valid_accuracy": best_acc, "history": history,
+            "train_seconds": time.perf_counter() - start}
+    log(f"classifier: best valid accuracy {best_acc:.4f} at epoch {best_epoch}/{len(history)}")
+    return head, info
+
+
+def tfidf_svm_baseline(train: LabeledTexts, test: LabeledTexts) -> dict:
+    """TF-IDF (word 1-2 grams, sublinear tf) + linear SVM on title + description: the bag-of-words
+    baseline, measured on exactly the same split."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.svm import LinearSVC
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    xtr = vec.fit_transform(train.documents())
+    clf = LinearSVC(C=1.0).fit(xtr, train.labels)
+    pred = clf.predict(vec.transform(test.documents()))
+    return {"accuracy": float(accuracy_score(test.labels, pred)), "macro_f1": float(f1_score(test.labels, pred, average="macro"))}
+
+
+def bow_probabilities(train: LabeledTexts, *others: LabeledTexts, C: float = 10.0) -> list[np.ndarray]:
+    """TF-IDF (word 1-2 grams) + logistic regression fitted on `train`; class probabilities of each of `others`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    clf = LogisticRegression(C=C, max_iter=2000).fit(vec.fit_transform(train.documents()), train.labels)
+    out = []
+    for d in others:
+        p = np.zeros((len(d), train.num_classes), dtype=np.float32)
+        p[:, clf.classes_] = clf.predict_proba(vec.transform(d.documents()))
+        out.append(p)
+    return out
+
+
+def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
+    """Weighted geometric mean of the two models' probabilities (w on ELMo), renormalised."""
+    logp = w * np.log(p_elmo + 1e-9) + (1 - w) * np.log(p_bow + 1e-9)
+    p = np.exp(logp - logp.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
+    """The frozen biLM of an ELMo directory (`options.json` + `weights.hdf5`, e.g. from `elmo-fast pretrain`)."""
+    from ..modules.bilm import ElmoBiLm
+
+    if isinstance(elmo_dir, str) and not os.path.isdir(elmo_dir):
+        raise FileNotFoundError(f"ELMo directory {elmo_dir!r} does not exist; it must hold options.json and weights.hdf5 "
+                                "(e.g. the --out of `elmo-fast pretrain`)")
+    options = os.path.join(elmo_dir, "options.json")
+    weights = os.path.join(elmo_dir, "weights.hdf5")
+    for p in (options, weights):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{p} is missing; an ELMo directory holds options.json and weights.hdf5 (from `elmo-fast pretrain`)")
+    bilm = ElmoBiLm(options, weights, requires_grad=False, stateful=False, backend=backend)
+    return bilm.to(device) if device is not None else bilm
+
+
+def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None = None, *, valid: LabeledTexts | None = None,
+             valid_fraction: float = 0.1, max_tokens: int | None = 200, encoder: str = "bilstm", hidden: int = 128,
+             max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.3, seed: int = 0,
+             baseline: bool = True, bow: bool = False, progress: bool = True, log=print) -> dict:
+    """The whole pipeline with a frozen ELMo: tokenize, cache the biLM layers, train the head with
+    early stopping on `valid` (default: a stratified `valid_fraction` of `train`), evaluate on `test`.
+
+    `bow=True` adds a bag-of-words model (TF-IDF + logistic regression on the same training rows)
+    and combines the two by a weighted geometric mean whose weight is chosen on the validation
+    split; `accuracy` is then the combination's, and `elmo_only` / `bow_only` hold the parts.
+
+    Writes (when `out_dir` is given) metrics.json, report.txt, confusion_matrix.png, predictions.csv
+    and classifier.pt. Returns the metrics dict (accuracy, macro_f1, per_class, ...).
+    """
+    from .report import compute_metrics, write_report
+
+    if test.num_classes != train.num_classes:
+        raise ValueError(f"train has {train.num_classes} classes but test has {test.num_classes}; use the same classes.txt")
+    if valid is None:
+        train, valid = stratified_split(train, valid_fraction, seed=seed)
+    timings = {}
+    t0 = time.perf_counter()
+    docs = {name: tokenize_documents(d.titles, d.texts, max_tokens, progress)
+            for name, d in (("train", train), ("valid", valid), ("test", test))}
+    timings["tokenize_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    caches = {name: compute_layers(bilm, docs[name], progress=progress, desc=f"ELMo {name}") for name in docs}
+    timings["elmo_s"] = time.perf_counter() - t0
+    n_tok = sum(int(c.lengths().sum()) for c in caches.values())
+    timings["elmo_tokens_per_s"] = n_tok / max(timings["elmo_s"], 1e-9)
+    log(f"ELMo features: {n_tok:,} tokens in {timings['elmo_s']:.1f} s ({timings['elmo_tokens_per_s']:,.0f} tokens/s)")
+    head, info = train_head(caches["train"], train.labels, caches["valid"], valid.labels, train.num_classes,
+                            encoder=encoder, hidden=hidden, max_epochs=max_epochs, patience=patience,
+                            batch_size=batch_size, lr=lr, dropout=dropout, seed=seed, progress=progress, log=log)
+    timings["classifier_s"] = info.pop("train_seconds")
+    probs = predict(head, caches["test"])
+    extra = {}
+    if bow:
+        p_valid = predict(head, caches["valid"])
+        b_valid, b_test = bow_probabilities(train, valid, test)
+        grid = np.round(np.linspace(0, 1, 11), 2)
+        scores = [float((combine(p_valid, b_valid, w).argmax(1) == valid.labels).mean()) for w in grid]
+        w = float(grid[int(np.argmax(scores))])
+        extra = {"elmo_only": compute_metrics(test.labels, probs.argmax(1), train.class_names),
+                 "bow_only": compute_metrics(test.labels, b_test.argmax(1), train.class_names),
+                 "ensemble_weight_elmo": w, "ensemble_valid_accuracy": max(scores)}
+        for k in ("elmo_only", "bow_only"):
+            extra[k] = {m: extra[k][m] for m in ("accuracy", "macro_f1")}
+        log(f"ELMo + bag-of-words: weight {w} on ELMo (valid accuracy {max(scores):.4f}); "
+            f"test accuracy ELMo alone {extra['elmo_only']['accuracy']:.4f}, bag-of-words alone {extra['bow_only']['accuracy']:.4f}")
+        probs = combine(probs, b_test, w)
+    metrics = compute_metrics(test.labels, probs.argmax(1), train.class_names)
+    metrics.update(extra)
+    metrics.update({"n_train": len(train), "n_valid": len(valid), "n_test": len(test), "encoder": encoder, "bow": bow,
+                    "max_tokens": max_tokens, "training": info, "timings": timings})
+    if baseline:
+        metrics["tfidf_svm"] = tfidf_svm_baseline(train, test)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        torch.save({"config": head.config, "state_dict": head.state_dict(), "class_names": train.class_names},
+                   os.path.join(out_dir, "classifier.pt"))
+        write_report(out_dir, metrics, test, probs)
+    return metrics

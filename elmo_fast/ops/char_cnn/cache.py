@@ -1,0 +1,74 @@
+"""Bounded cache of word vectors across batches: an automatic `vocab_to_cache`.
+
+Inference sees the same words batch after batch ('the', ',', '.'); the char CNN + highway +
+projection of a token depends only on its 50 character ids and the weights, so its output can be
+reused. Keys are the id rows, eviction is least-recently-used, and the whole cache is dropped as
+soon as any weight changes (in-place updates bump a tensor's `_version`; replacing a parameter
+changes its `data_ptr`). Only used when no gradient is needed (see `char_cnn(cache=...)`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+
+
+class WordVectorCache:
+    """LRU map from a token's char-id row `[W]` to its word vector `[P]`.
+
+    Example:
+        >>> cache = WordVectorCache(max_entries=50_000)
+        >>> vecs = char_cnn(ids, *weights, cache=cache)   # later batches reuse known words
+    """
+
+    def __init__(self, max_entries: int = 100_000):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._signature: tuple | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._signature = None
+
+    @staticmethod
+    def _weights_signature(params: Sequence[torch.Tensor]) -> tuple:
+        return tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype, p.device) for p in params)
+
+    def lookup(self, char_ids: torch.Tensor, params: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Vectors `[N, P]` for `char_ids` `[N, W]`; `compute(ids [M, W]) -> [M, P]` fills the misses."""
+        signature = self._weights_signature(params)
+        if signature != self._signature:
+            self._store.clear()
+            self._signature = signature
+        if char_ids.shape[0] == 0:
+            return compute(char_ids)
+        uniq, inverse = torch.unique(char_ids, dim=0, return_inverse=True)
+        rows = uniq.cpu().numpy()
+        keys = [r.tobytes() for r in rows]
+        found: list[torch.Tensor | None] = []
+        for k in keys:
+            v = self._store.get(k)
+            if v is not None:
+                self._store.move_to_end(k)
+            found.append(v)
+        missing = [i for i, v in enumerate(found) if v is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            with torch.no_grad():
+                new = compute(uniq[torch.tensor(missing, device=uniq.device)])
+            for j, i in enumerate(missing):
+                found[i] = new[j].clone()
+                self._store[keys[i]] = found[i]
+            while len(self._store) > self.max_entries:
+                self._store.popitem(last=False)
+        return torch.stack(found)[inverse]

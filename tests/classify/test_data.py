@@ -1,0 +1,118 @@
+"""The AG News CSV loader: escapes, classes.txt, malformed rows (with their row number), splits."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from elmo_fast.classify.data import DataError, clean_text, load_csv, stratified_split
+from tests.conftest import shared_data
+
+
+def _write(tmp_path, rows, name="data.csv", classes=None):
+    path = tmp_path / name
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
+    if classes is not None:
+        (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")
+    return str(path)
+
+
+def test_clean_text_ag_escapes():
+    assert clean_text("A second\\team of rocketeers") == "A second team of rocketeers"
+    assert clean_text("first line\\nSecond line") == "first line Second line"
+    assert clean_text("the #36;10 million prize, it#39;s quot;big quot;") == "the $10 million prize, it's \"big \""
+    assert clean_text("AT&amp;T  and &lt;b&gt;") == "AT&T and <b>"
+    # `\n` before a lowercase letter is a bare break before a word starting with n: keep the word.
+    assert clean_text("said the\\newspaper") == "said the newspaper"
+    assert clean_text("  spaced   out \\ ") == "spaced out"
+
+
+def test_load_csv_with_classes_file(tmp_path):
+    path = _write(tmp_path, [["2", "Title #39;one#39;", "Desc\\one"], ["1", "T2", "D2"]], classes=["World", "Sports"])
+    d = load_csv(path)
+    assert d.class_names == ["World", "Sports"]
+    assert d.labels.tolist() == [1, 0]
+    assert d.titles == ["Title 'one'", "T2"]
+    assert d.texts == ["Desc one", "D2"]
+    assert d.documents()[0] == "Title 'one'. Desc one"
+
+
+def test_load_csv_without_classes_file_and_extra_columns(tmp_path):
+    d = load_csv(_write(tmp_path, [["3", "t", "a", "b"], ["1", "u", "c", "d"]]))
+    assert d.class_names == ["1", "2", "3"]
+    assert d.texts == ["a b", "c d"]
+
+
+@pytest.mark.parametrize("rows, row_no, words", [
+    ([["1", "t", "d"], ["x", "t", "d"]], 2, "not an integer"),
+    ([["class", "title", "description"], ["1", "t", "d"]], 1, "header"),
+    ([["1", "t", "d"], ["1"]], 2, "1 field"),
+    ([["1", "t", "d"], ["1", "t", "d", "e"]], 2, "row 1 has 3"),
+    ([["1", "t", "d"], ["0", "t", "d"]], 2, "outside 1..K"),
+    ([["1", "t", "d"], ["1", "", ""]], 2, "empty title and description"),
+])
+def test_malformed_rows_name_the_row(tmp_path, rows, row_no, words):
+    with pytest.raises(DataError, match=rf"row {row_no}\b.*{words}|{words}.*row {row_no}\b|row {row_no}\b"):
+        load_csv(_write(tmp_path, rows))
+    with pytest.raises(DataError) as e:
+        load_csv(_write(tmp_path, rows))
+    assert f"row {row_no}" in str(e.value) and words in str(e.value)
+
+
+def test_class_index_beyond_classes_file(tmp_path):
+    path = _write(tmp_path, [["1", "t", "d"], ["3", "t", "d"]], classes=["a", "b"])
+    with pytest.raises(DataError, match=r"row 2: class index 3 is outside 1..2 \(classes.txt names 2 classes\)"):
+        load_csv(path)
+
+
+def test_empty_and_blank_lines(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("")
+    with pytest.raises(DataError, match="no rows"):
+        load_csv(str(p))
+    p.write_text('"1","t","d"\n\n"2","t","d"\n')
+    with pytest.raises(DataError, match="row 2 is empty"):
+        load_csv(str(p))
+
+
+def test_not_utf8_and_missing_file(tmp_path):
+    p = tmp_path / "latin.csv"
+    p.write_bytes('"1","caf\xe9","d"\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_csv(str(p))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_csv(str(tmp_path / "nope.csv"))
+
+
+def test_unbalanced_quote_is_reported(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text('"1","t","d"\n"2","unclosed,"d"\n"3","t","d"\n')
+    with pytest.raises(DataError, match="row"):
+        load_csv(str(p))
+
+
+def test_stratified_split_is_fixed_and_balanced(tmp_path):
+    rows = [[str(1 + i % 4), f"t{i}", f"d{i}"] for i in range(200)]
+    d = load_csv(_write(tmp_path, rows))
+    a, b = stratified_split(d, 0.2, seed=0)
+    a2, b2 = stratified_split(d, 0.2, seed=0)
+    assert len(b) == 40 and np.bincount(b.labels).tolist() == [10, 10, 10, 10]
+    assert b.ids.tolist() == b2.ids.tolist()
+    assert set(a.ids) | set(b.ids) == set(range(200)) and not set(a.ids) & set(b.ids)
+    assert [d.titles[i] for i in b.ids] == b.titles
+
+
+def test_ag_news_sample_loads():
+    path = shared_data("ag_news", "sample.csv")
+    d = load_csv(path)
+    assert len(d) == 4000 and d.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert np.bincount(d.labels).tolist() == [1000] * 4
+    assert not any("\\" in t or "#39;" in t or "quot;" in t for t in d.texts + d.titles)
+
+
+def test_bbc_csv_loads():
+    d = load_csv(shared_data("bbc_news", "bbc_news.csv"))
+    assert len(d) == 2225 and d.num_classes == 5 and d.class_names[3] == "sport"
+    assert any("£" in t for t in d.texts)

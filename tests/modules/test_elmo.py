@@ -1,0 +1,209 @@
+"""The eager reference Elmo against an independent float64 NumPy forward of the same HDF5 file."""
+
+import numpy as np
+import pytest
+import torch
+
+from elmo_fast import Elmo, batch_to_ids
+from elmo_fast.testing import assert_close, random_tf_weights, small_options, write_hdf5
+from tests.numpy_elmo import NumpyElmo
+
+SENTENCES = [
+    ["The", "cat", "sat", "on", "the", "mat", "."],
+    [],
+    ["Supercalifragilisticexpialidocious" * 2, "x"],  # a 68-character word (cut to 48 bytes)
+    ["naïve", "café", "😀", "<S>", "</S>", ""],
+    ["a"],
+]
+
+
+@pytest.fixture(scope="module", params=["relu", "tanh"])
+def model_files(request, tmp_path_factory):
+    opts = small_options(activation=request.param)
+    weights = random_tf_weights(opts, scale=3.0, seed=1)
+    d = tmp_path_factory.mktemp(f"elmo_{request.param}")
+    write_hdf5(d / "weights.hdf5", weights)
+    import json
+
+    (d / "options.json").write_text(json.dumps(opts))
+    return str(d / "options.json"), str(d / "weights.hdf5"), weights, opts
+
+
+def _mix(layers, w, gamma):
+    s = np.exp(w - w.max())
+    s /= s.sum()
+    return gamma * sum(si * layer for si, layer in zip(s, layers))
+
+
+def test_elmo_matches_numpy_oracle(model_files):
+    options_file, weight_file, weights, opts = model_files
+    mix_w = [0.3, -0.7, 1.1]
+    elmo = Elmo(options_file, weight_file, 2, dropout=0.0, stateful=False, backend="torch")
+    with torch.no_grad():
+        for k, v in enumerate(mix_w):
+            elmo.scalar_mix_1.scalar_parameters[k].fill_(v)
+        elmo.scalar_mix_1.gamma.fill_(1.7)
+    out = elmo(batch_to_ids(SENTENCES))
+    oracle = NumpyElmo(weights, opts)
+    T = max(map(len, SENTENCES))
+    for b, sent in enumerate(SENTENCES):
+        layers = [layer[1:-1] for layer in oracle.layers(sent)]  # boundaries removed
+        for rep, (w, gamma) in zip(out["elmo_representations"], [([0, 0, 0], 1.0), (mix_w, 1.7)]):
+            expected = np.zeros((T, rep.shape[-1]))
+            expected[: len(sent)] = _mix(layers, np.array(w, dtype=np.float64), gamma)
+            assert_close(f"sentence {b}", torch.from_numpy(expected).float(), rep[b], atol=5e-5, rtol=1e-4)
+        assert out["mask"][b].tolist() == [i < len(sent) for i in range(T)]
+    assert oracle.fired["cell"] and oracle.fired["proj"], "weights too small: the clips never fired"
+
+
+def test_keep_sentence_boundaries_and_layer_norm(model_files):
+    options_file, weight_file, weights, opts = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, do_layer_norm=True, keep_sentence_boundaries=True,
+                stateful=False)
+    out = elmo(batch_to_ids(SENTENCES))
+    oracle = NumpyElmo(weights, opts)
+    T2 = max(map(len, SENTENCES)) + 2
+    per_sent = [oracle.layers(s) for s in SENTENCES]
+    n_layers = len(per_sent[0])
+    mask = np.array([[t < len(s) + 2 for t in range(T2)] for s in SENTENCES])
+    expected = np.zeros((len(SENTENCES), T2, 2 * opts["lstm"]["projection_dim"]))
+    for k in range(n_layers):
+        full = np.zeros_like(expected)
+        for b, layers in enumerate(per_sent):
+            full[b, : layers[k].shape[0]] = layers[k]
+        vals = full[mask]
+        mean, var = vals.mean(), vals.var()  # one mean, one population variance over the batch
+        expected += (full - mean) / np.sqrt(var + 1e-13) / n_layers
+    assert out["mask"].numpy().tolist() == mask.tolist()
+    got = out["elmo_representations"][0]
+    assert_close("layer-normed mix", torch.from_numpy(expected * mask[..., None]).float(), got * out["mask"][..., None], atol=5e-5, rtol=2e-4)
+
+
+def test_sentence_alone_equals_sentence_in_padded_batch(model_files):
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    batch = elmo(batch_to_ids(SENTENCES))["elmo_representations"][0]
+    for b, sent in enumerate(SENTENCES):
+        if not sent:
+            assert batch[b].abs().max() == 0
+            continue
+        alone = elmo(batch_to_ids([sent]))["elmo_representations"][0][0]
+        assert_close(f"sentence {b}", alone, batch[b, : len(sent)], atol=5e-5, rtol=1e-4)
+        assert (batch[b, len(sent) :] == 0).all(), "padding must be exactly zero"
+
+
+def test_stateful_carries_state_and_stateless_does_not(model_files):
+    options_file, weight_file, _, _ = model_files
+    ids = batch_to_ids(SENTENCES[:3])
+    stateless = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    stateful = Elmo(options_file, weight_file, 1, dropout=0.0)
+    first = stateless(ids)["elmo_representations"][0]
+    assert_close("stateless is repeatable", first, stateless(ids)["elmo_representations"][0], atol=0, rtol=0)
+    s1 = stateful(ids)["elmo_representations"][0]
+    assert_close("first stateful call starts from zero", first, s1, atol=1e-6, rtol=1e-6)
+    s2 = stateful(ids)["elmo_representations"][0]
+    assert (s2 - s1).abs().max() > 1e-3, "a stateful second call must see the carried state"
+    # A smaller batch next uses the first rows' states; a reset restores the stateless result.
+    stateful(batch_to_ids(SENTENCES[:1]))
+    stateful.reset_states()
+    assert_close("after reset_states", first, stateful(ids)["elmo_representations"][0], atol=1e-6, rtol=1e-6)
+
+
+def test_stateful_state_matches_numpy_carry(model_files):
+    """Second call's initial state is the first call's final state (forward after </S>, backward after <S>)."""
+    options_file, weight_file, weights, opts = model_files
+    sents = [["a", "b", "c"], ["d", "e"]]
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, scalar_mix_parameters=[0.0, 0.0, 1e4])
+    elmo(batch_to_ids(sents))
+    second = elmo(batch_to_ids(sents))["elmo_representations"][0]
+    oracle = NumpyElmo(weights, opts)
+    n_layers = opts["lstm"]["n_layers"]
+    for b, sent in enumerate(sents):
+        x = oracle.token_vectors(["<S>"] + sent + ["</S>"])
+        states = []
+        f_in, b_in = x, x[::-1]
+        for layer in range(n_layers):  # first call: record final states
+            f_out, fh, fc = oracle._lstm(f_in, 0, layer)
+            b_out, bh, bc = oracle._lstm(b_in, 1, layer)
+            if layer:
+                f_out, b_out = f_out + f_in, b_out + b_in
+            states.append((fh, fc, bh, bc))
+            f_in, b_in = f_out, b_out
+        f_in, b_in = x, x[::-1]
+        for layer in range(n_layers):  # second call from those states
+            fh, fc, bh, bc = states[layer]
+            f_out, _, _ = oracle._lstm(f_in, 0, layer, fh, fc)
+            b_out, _, _ = oracle._lstm(b_in, 1, layer, bh, bc)
+            if layer:
+                f_out, b_out = f_out + f_in, b_out + b_in
+            f_in, b_in = f_out, b_out
+        top = np.concatenate([f_in, b_in[::-1]], axis=1)[1:-1]
+        assert_close(f"stateful sentence {b}", torch.from_numpy(top).float(), second[b, : len(sent)], atol=2e-5, rtol=1e-4)
+
+
+def test_vocab_to_cache_equals_character_path(model_files):
+    options_file, weight_file, _, _ = model_files
+    vocab = ["@@PADDING@@", "The", "cat", "sat", "on", "the", "mat", "."]  # id 0 is padding, as in AllenNLP
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, vocab_to_cache=vocab, stateful=False)
+    sents = [["The", "cat", "sat"], ["the", "mat", ".", "on"]]
+    chars = batch_to_ids(sents)
+    word_ids = torch.tensor([[vocab.index(w) for w in s] + [0] * (4 - len(s)) for s in sents])
+    via_chars = elmo(chars)["elmo_representations"][0]
+    via_words = elmo(chars, word_ids)["elmo_representations"][0]
+    assert_close("cached vocabulary", via_chars, via_words, atol=1e-6, rtol=1e-6)
+
+
+def test_higher_rank_inputs_are_reshaped(model_files):
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    ids = batch_to_ids(SENTENCES[:4])
+    flat = elmo(ids)
+    nested = elmo(ids.view(2, 2, *ids.shape[1:]))
+    assert nested["mask"].shape == (2, 2, ids.shape[1])
+    assert_close("4-d input", flat["elmo_representations"][0], nested["elmo_representations"][0].view_as(flat["elmo_representations"][0]), atol=1e-6, rtol=1e-6)
+
+
+def test_gradients_flow_to_mix_and_not_to_frozen_weights(model_files):
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    elmo(batch_to_ids(SENTENCES))["elmo_representations"][0].sum().backward()
+    assert elmo.scalar_mix_0.gamma.grad is not None
+    assert all(p.grad is None for p in elmo._elmo_lstm.parameters())
+    tuned = Elmo(options_file, weight_file, 1, requires_grad=True, dropout=0.0, stateful=False)
+    tuned(batch_to_ids(SENTENCES))["elmo_representations"][0].sum().backward()
+    assert all(p.grad is not None for p in tuned._elmo_lstm.parameters())
+
+
+def test_all_empty_batch_and_empty_batch(model_files):
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    out = elmo(batch_to_ids([[], []]))
+    assert out["elmo_representations"][0].shape == (2, 0, 2 * 12)
+    assert out["mask"].shape == (2, 0)
+    with pytest.raises(ValueError, match="empty batch"):
+        elmo(torch.zeros(0, 3, 50, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_to_ids"):
+        elmo(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_state_dict_keys_match_allennlp():
+    """The exact key set AllenNLP's Elmo has for this architecture (2 layers, 3 filters, 2 highways)."""
+    elmo = Elmo(small_options(), None, 2)
+    tok = "_elmo_lstm._token_embedder."
+    expected = [tok + "_char_embedding_weights"]
+    for i in range(3):
+        expected += [tok + f"char_conv_{i}.weight", tok + f"char_conv_{i}.bias"]
+    for k in range(2):
+        expected += [tok + f"_highways._layers.{k}.weight", tok + f"_highways._layers.{k}.bias"]
+    expected += [tok + "_projection.weight", tok + "_projection.bias"]
+    for layer in range(2):
+        for d in ("forward", "backward"):
+            p = f"_elmo_lstm._elmo_lstm.{d}_layer_{layer}."
+            expected += [p + "input_linearity.weight", p + "state_linearity.weight", p + "state_linearity.bias",
+                         p + "state_projection.weight"]
+    for m in range(2):
+        expected += [f"scalar_mix_{m}.gamma"] + [f"scalar_mix_{m}.scalar_parameters.{k}" for k in range(3)]
+    assert sorted(elmo.state_dict()) == sorted(expected)
+    # and such a state_dict loads unchanged into a fresh module
+    other = Elmo(small_options(), None, 2)
+    other.load_state_dict(elmo.state_dict())

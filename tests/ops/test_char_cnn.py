@@ -1,0 +1,193 @@
+"""Fused character CNN (C++ CPU backend, dedup, dispatch) against the eager reference `char_cnn_ref`:
+outputs and every gradient, fp64 gradcheck, opcheck of the registered op, bad-input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elmo_fast import _ext
+from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
+from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, char_cnn_conv_max, unique_tokens
+from elmo_fast.testing import assert_close, random_char_ids
+
+requires_cpp = pytest.mark.skipif(_ext.cpp_ext() is None, reason=f"C++ extension not built: {_ext.load_error('_C')}")
+CPU_BACKENDS = ["torch", pytest.param("cpp", marks=requires_cpp)]
+
+FILTERS = ((1, 4), (2, 5), (3, 7), (7, 17))  # odd counts: a partial 16-filter panel in each width
+
+
+def make_params(filters=FILTERS, E=6, P=5, n_highway=1, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    F_total = sum(n for _, n in filters)
+    emb = rnd(262, E)
+    ws = [rnd(n, E, w, scale=(w * E) ** -0.5) for w, n in filters]
+    bs = [rnd(n, scale=0.1) for _, n in filters]
+    hw = [rnd(2 * F_total, F_total, scale=F_total**-0.5) for _ in range(n_highway)]
+    hb = [rnd(2 * F_total, scale=0.1) for _ in range(n_highway)]
+    pw, pb = rnd(P, F_total, scale=F_total**-0.5), rnd(P, scale=0.1)
+    return emb, ws, bs, hw, hb, pw, pb
+
+
+def flat(params):
+    emb, ws, bs, hw, hb, pw, pb = params
+    return [emb, *ws, *bs, *hw, *hb, pw, pb]
+
+
+def mixed_ids(n_random=11, seed=0):
+    """Odd count: random words of 1..48 bytes, 1-byte and 48-byte words, all-padding rows, repeats."""
+    ids = torch.cat(
+        [
+            random_char_ids(n_random, seed=seed),
+            random_char_ids(2, seed=seed + 1, min_len=1, max_len=1),
+            random_char_ids(2, seed=seed + 2, min_len=48, max_len=48),
+            torch.zeros(2, 50, dtype=torch.long),
+        ]
+    )
+    return torch.cat([ids, ids[[0, 3, 0, -1]]])  # repeats, incl. an all-padding row
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("n_highway", [1, 2])
+@pytest.mark.parametrize("dedup", [True, False])
+def test_matches_reference_fp32(backend, activation, n_highway, dedup):
+    ids = mixed_ids()
+    params = make_params(n_highway=n_highway)
+    ref = char_cnn_ref(ids, *params, activation)
+    out = char_cnn(ids, *params, activation, backend=backend, dedup=dedup)
+    assert_close("output", ref, out)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, flat(params), grad)
+    g_out = torch.autograd.grad(out, flat(params), grad)
+    names = ["char_embedding"] + [f"conv_w{i}" for i in range(4)] + [f"conv_b{i}" for i in range(4)]
+    names += [f"highway_w{k}" for k in range(n_highway)] + [f"highway_b{k}" for k in range(n_highway)] + ["proj_w", "proj_b"]
+    for name, a, b in zip(names, g_ref, g_out):
+        assert_close(f"grad {name}", a, b)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_matches_reference_fp64_published_filter_widths(backend):
+    filters = ((1, 3), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 33))
+    ids = mixed_ids(n_random=6, seed=3)
+    params = make_params(filters=filters, E=16, P=7, n_highway=2, dtype=torch.float64)
+    ref = char_cnn_ref(ids, *params, "relu")
+    out = char_cnn(ids, *params, "relu", backend=backend)
+    assert_close("output", ref, out)
+    grad = torch.randn_like(ref)
+    for i, (a, b) in enumerate(zip(torch.autograd.grad(ref, flat(params), grad), torch.autograd.grad(out, flat(params), grad))):
+        assert_close(f"grad {i}", a, b)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_conv_max_argmax_points_at_the_maximum(backend, activation):
+    """features == act(conv at argmax); argmax lies in range and attains the per-position max."""
+    ids = mixed_ids()
+    emb, ws, bs, *_ = make_params(dtype=torch.float64)
+    feats, argmax = char_cnn_conv_max(ids, emb, ws, bs, activation, backend=backend)
+    assert argmax.dtype == torch.int32 and argmax.shape == feats.shape
+    x = F.embedding(ids, emb).transpose(1, 2)
+    off = 0
+    for w, b in zip(ws, bs):
+        y = F.conv1d(x, w, b)  # [N, F_i, positions]
+        a = argmax[:, off : off + w.shape[0]].long()
+        assert int(a.min()) >= 0 and int(a.max()) < y.shape[-1]
+        at = y.gather(-1, a[..., None])[..., 0]
+        assert_close("value at argmax == max", y.max(-1).values, at)
+        act = torch.relu(at) if activation == "relu" else torch.tanh(at)
+        assert_close("features", act, feats[:, off : off + w.shape[0]])
+        off += w.shape[0]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_fp64(backend):
+    ids = torch.cat([random_char_ids(3, seed=5, max_len=6), torch.zeros(1, 50, dtype=torch.long)])
+    ids = torch.cat([ids, ids[:1]])
+    params = make_params(filters=((1, 2), (3, 3)), E=3, P=2, n_highway=1, dtype=torch.float64)
+
+    def fn(*ps):
+        emb, w0, w1, b0, b1, hw, hb, pw, pb = ps
+        return char_cnn(ids, emb, [w0, w1], [b0, b1], [hw], [hb], pw, pb, "tanh", backend=backend)
+
+    # The eager 'torch' path costs ~15 ms a call in fp64; fast mode keeps it to a few hundred calls.
+    fast = backend == "torch"
+    assert torch.autograd.gradcheck(fn, tuple(flat(params)), eps=1e-6, atol=1e-5, fast_mode=fast)
+
+    def conv_only(emb, w0, w1, b0, b1):
+        return CharConvMaxFunction.apply(backend, "relu", ids, emb, 2, w0, w1, b0, b1)[0]
+
+    emb, ws, bs = params[0], params[1], params[2]
+    assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=fast)
+
+
+@requires_cpp
+def test_opcheck_cpp_op():
+    ids = mixed_ids(n_random=3)
+    emb, ws, bs, *_ = make_params(dtype=torch.float32)
+    torch.library.opcheck(torch.ops.elmo_fast.char_cnn_conv_max.default, (ids, emb, ws, bs, "relu"))
+    with torch.no_grad():
+        feats, argmax = torch.ops.elmo_fast.char_cnn_conv_max(ids, emb, ws, bs, "tanh")
+    grad = torch.randn_like(feats)
+    torch.library.opcheck(
+        torch.ops.elmo_fast.char_cnn_conv_max_backward.default,
+        (grad, ids, emb.detach(), [w.detach() for w in ws], feats, argmax, "tanh"),
+    )
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_zero_tokens(backend):
+    params = make_params()
+    ids = torch.zeros(0, 50, dtype=torch.long)
+    out = char_cnn(ids, *params, "relu", backend=backend)
+    assert out.shape == (0, 5)
+    out.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in flat(params))
+
+
+def test_unique_tokens_inverse_rebuilds_input():
+    ids = mixed_ids()
+    uniq, inverse = unique_tokens(ids)
+    assert uniq.shape[0] < ids.shape[0]
+    assert torch.equal(uniq[inverse], ids)
+
+
+@requires_cpp
+def test_bad_inputs_give_clear_errors():
+    ids = mixed_ids(n_random=2)
+    params = make_params()
+    with pytest.raises(ValueError, match="char ids must lie in"):
+        char_cnn(ids.clone().fill_(262), *params, backend="cpp")
+    with pytest.raises(TypeError, match="int64"):
+        char_cnn(ids.int(), *params, backend="cpp")
+    with pytest.raises(TypeError, match="one dtype"):
+        emb, *rest = params
+        char_cnn(ids, emb.double(), *rest, backend="cpp")
+    with pytest.raises(TypeError, match="float32/float64"):
+        char_cnn(ids, *[[t.bfloat16() for t in p] if isinstance(p, list) else p.bfloat16() for p in params], backend="cpp")
+    with pytest.raises(RuntimeError, match="char ids must lie in"):  # the C++ op checks on its own too
+        torch.ops.elmo_fast.char_cnn_conv_max(ids.clone().fill_(-1), params[0], params[1], params[2], "relu")
+    with pytest.raises(RuntimeError, match="activation must be"):
+        torch.ops.elmo_fast.char_cnn_conv_max(ids, params[0], params[1], params[2], "gelu")
+    with pytest.raises((ValueError, RuntimeError), match="is not implemented|cannot run on cpu"):
+        char_cnn(ids, *params, backend="cuda")
+
+
+@requires_cpp
+def test_module_uses_fused_op():
+    from elmo_fast.modules.char_encoder import ElmoCharacterEncoder
+    from elmo_fast.testing import small_options
+
+    opts = small_options(n_highway=2, filters=((1, 4), (2, 5), (3, 7)))
+    fast, eager = ElmoCharacterEncoder(opts, backend="cpp"), ElmoCharacterEncoder(opts, backend="torch")
+    eager.load_state_dict(fast.state_dict())
+    x = random_char_ids(10, seed=9).view(2, 5, 50)
+    x[1, 3:] = 0
+    a, b = fast(x), eager(x)
+    assert torch.equal(a["mask"], b["mask"])
+    assert_close("token_embedding", b["token_embedding"], a["token_embedding"])

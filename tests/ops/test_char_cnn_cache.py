@@ -1,0 +1,82 @@
+"""Word-vector cache across batches: results equal the uncached encoder, bounded LRU, dropped when
+any weight changes, bypassed when gradients are needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elmo_fast.ops.char_cnn import WordVectorCache, char_cnn, char_cnn_ref
+from elmo_fast.testing import assert_close, random_char_ids
+
+from tests.ops.test_char_cnn import CPU_BACKENDS, flat, make_params
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cache_reuses_words_and_matches_reference(backend):
+    params = make_params(n_highway=2)
+    cache = WordVectorCache(max_entries=1000)
+    a = random_char_ids(9, seed=1)
+    b = torch.cat([a[2:7], random_char_ids(4, seed=2), torch.zeros(1, 50, dtype=torch.long)])
+    with torch.no_grad():
+        out_a = char_cnn(a, *params, "relu", backend=backend, cache=cache)
+        assert (cache.hits, cache.misses, len(cache)) == (0, 9, 9)
+        out_b = char_cnn(b, *params, "relu", backend=backend, cache=cache)
+        assert (cache.hits, cache.misses) == (5, 14)
+        assert_close("batch a", char_cnn_ref(a, *params, "relu"), out_a)
+        assert_close("batch b", char_cnn_ref(b, *params, "relu"), out_b)
+        assert char_cnn(b[:0], *params, "relu", backend=backend, cache=cache).shape == (0, 5)
+
+
+def test_cache_is_bounded_lru():
+    params = make_params()
+    cache = WordVectorCache(max_entries=4)
+    ids = random_char_ids(6, seed=3)
+    with torch.no_grad():
+        char_cnn(ids[:4], *params, cache=cache)
+        char_cnn(ids[:1], *params, cache=cache)  # refresh row 0
+        char_cnn(ids[4:6], *params, cache=cache)  # evicts the two least recently used (rows 1, 2)
+        assert len(cache) == 4
+        hits = cache.hits
+        char_cnn(ids[[0, 3, 4, 5]], *params, cache=cache)
+        assert cache.hits == hits + 4
+        char_cnn(ids[[1]], *params, cache=cache)
+        assert cache.hits == hits + 4
+
+
+def test_cache_invalidated_when_weights_change():
+    params = make_params()
+    cache = WordVectorCache()
+    ids = random_char_ids(5, seed=4)
+    with torch.no_grad():
+        before = char_cnn(ids, *params, cache=cache)
+        params[3][0].add_(0.5)  # an optimizer-style in-place update of a highway weight
+        after = char_cnn(ids, *params, cache=cache)
+    assert cache.hits == 0
+    assert_close("after update", char_cnn_ref(ids, *params).detach(), after)
+    assert not torch.allclose(before, after)
+
+
+def test_cache_bypassed_when_gradients_are_needed():
+    params = make_params()
+    cache = WordVectorCache()
+    ids = random_char_ids(4, seed=5)
+    out = char_cnn(ids, *params, cache=cache)
+    assert len(cache) == 0 and out.requires_grad
+    out.sum().backward()
+    assert all(p.grad is not None for p in flat(params))
+
+
+def test_module_word_cache():
+    from elmo_fast.modules.char_encoder import ElmoCharacterEncoder
+    from elmo_fast.testing import small_options
+
+    enc = ElmoCharacterEncoder(small_options()).eval()
+    x = random_char_ids(6, seed=6).view(2, 3, 50)
+    with torch.no_grad():
+        ref = enc(x)["token_embedding"]
+        enc.enable_word_cache(100)
+        enc(x)
+        out = enc(x)["token_embedding"]
+    assert enc.word_cache.hits > 0
+    assert_close("cached module", ref, out)

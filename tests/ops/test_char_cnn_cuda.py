@@ -1,0 +1,91 @@
+"""CUDA backend of the fused character CNN: the sources are compile-checked with nvcc on every CI
+run (no GPU needed); the kernels run against the reference whenever a CUDA GPU is present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from elmo_fast import _ext
+from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
+from elmo_fast.testing import assert_close
+from tests.ops.test_char_cnn import flat, make_params, mixed_ids
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE = os.path.join(ROOT, "csrc", "char_cnn", "char_cnn_cuda.cu")
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HOME
+    candidates = [os.path.join(home, "bin", "nvcc")] if home else []
+    candidates.append(shutil.which("nvcc") or "")
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (install the CUDA toolkit or set CUDA_HOME) - CUDA sources not compile-checked")
+def test_cuda_sources_compile(tmp_path):
+    """One arch (sm_80) keeps this to one nvcc pass; the torch headers compile against a CPU torch with
+    C10_USING_CUSTOM_GENERATED_MACROS (see /work/shared/TOOLCHAIN.md)."""
+    cmd = [_nvcc(), "-c", "-arch=sm_80", "-std=c++17", "-O1", "--use_fast_math", "-DC10_USING_CUSTOM_GENERATED_MACROS",
+           "-DTORCH_EXTENSION_NAME=_C_cuda", "-w", f"-I{os.path.join(ROOT, 'csrc')}", f"-I{sysconfig.get_paths()['include']}"]
+    cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
+    cmd += [SOURCE, "-o", str(tmp_path / "char_cnn_cuda.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"nvcc failed:\n{res.stderr[-4000:]}"
+
+
+requires_cuda_ext = pytest.mark.skipif(
+    not torch.cuda.is_available() or _ext.cuda_ext() is None,
+    reason="needs a CUDA GPU and elmo_fast._C_cuda (built by setup.py with a CUDA torch)",
+)
+
+
+@requires_cuda_ext
+@pytest.mark.parametrize("activation,n_highway", [("relu", 1), ("tanh", 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_reference(activation, n_highway, dtype):
+    ids = mixed_ids().cuda()
+    params = make_params(n_highway=n_highway, dtype=dtype)
+    params = tuple(
+        [t.detach().cuda().requires_grad_() for t in p] if isinstance(p, list) else p.detach().cuda().requires_grad_() for p in params
+    )
+    ref = char_cnn_ref(ids, *params, activation)
+    out = char_cnn(ids, *params, activation, backend="cuda")
+    assert_close("output", ref, out)
+    grad = torch.randn_like(ref)
+    for i, (a, b) in enumerate(zip(torch.autograd.grad(ref, flat(params), grad), torch.autograd.grad(out, flat(params), grad))):
+        assert_close(f"grad {i}", a, b)
+
+
+@requires_cuda_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_within_twice_eager_error(dtype):
+    from elmo_fast.ops.char_cnn.function import char_cnn_conv_max
+
+    ids = mixed_ids().cuda()
+    emb, ws, bs, *_ = make_params()
+    p32 = [emb.detach().cuda(), [w.detach().cuda() for w in ws], [b.detach().cuda() for b in bs]]
+    plo = [p32[0].to(dtype), [w.to(dtype) for w in p32[1]], [b.to(dtype) for b in p32[2]]]
+    ref = char_cnn_conv_max(ids, *p32, "relu", backend="torch")[0]
+    eager = char_cnn_conv_max(ids, *plo, "relu", backend="torch")[0].float()
+    out = char_cnn_conv_max(ids, *plo, "relu", backend="cuda")[0].float()
+    assert (out - ref).abs().max() <= 2 * (eager - ref).abs().max() + 1e-3
+
+
+@requires_cuda_ext
+def test_cuda_opcheck():
+    ids = mixed_ids(n_random=3).cuda()
+    emb, ws, bs, *_ = make_params()
+    args = (ids, emb.detach().cuda().requires_grad_(), [w.detach().cuda().requires_grad_() for w in ws], [b.detach().cuda().requires_grad_() for b in bs], "relu")
+    torch.library.opcheck(torch.ops.elmo_fast.char_cnn_conv_max.default, args)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

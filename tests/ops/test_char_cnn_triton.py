@@ -1,0 +1,82 @@
+"""Triton kernels of the fused character CNN against the eager reference (outputs and every
+gradient). On a machine without a CUDA GPU they run under TRITON_INTERPRET=1 on tiny shapes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first @triton.jit
+
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref  # noqa: E402
+from elmo_fast.ops.char_cnn.function import char_cnn_conv_max  # noqa: E402
+from elmo_fast.ops.char_cnn.triton_impl import tail_starts  # noqa: E402
+from elmo_fast.testing import TOLERANCES, assert_close  # noqa: E402
+from tests.ops.test_char_cnn import flat, make_params, mixed_ids  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FILTERS = ((1, 4), (2, 5), (7, 17))  # 17 filters: two 16-wide filter blocks, the second ragged
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="no CUDA GPU and TRITON_INTERPRET is not 1"
+)
+
+
+def _to(params, device, dtype=None):
+    emb, ws, bs, hw, hb, pw, pb = params
+
+    def mv(t):
+        return t.detach().to(device=device, dtype=dtype or t.dtype).requires_grad_()
+
+    return mv(emb), [mv(w) for w in ws], [mv(b) for b in bs], [mv(w) for w in hw], [mv(b) for b in hb], mv(pw), mv(pb)
+
+
+@pytest.mark.parametrize("activation,n_highway", [("relu", 1), ("tanh", 2)])
+def test_triton_matches_reference_fp32(activation, n_highway):
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    params = _to(make_params(filters=FILTERS, n_highway=n_highway), DEVICE)
+    ref = char_cnn_ref(ids, *params, activation)
+    out = char_cnn(ids, *params, activation, backend="triton")
+    assert_close("output", ref, out)
+    grad = torch.randn_like(ref)
+    for i, (a, b) in enumerate(zip(torch.autograd.grad(ref, flat(params), grad), torch.autograd.grad(out, flat(params), grad))):
+        assert_close(f"grad {i}", a, b)
+
+
+def test_triton_fp16_forward_within_twice_eager_error():
+    """flash-attention's rule: the kernel's error vs the fp32 reference is at most 2x eager fp16's."""
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    p32 = _to(make_params(filters=FILTERS), DEVICE)
+    p16 = _to(p32, DEVICE, torch.float16)
+    ref, _ = char_cnn_conv_max(ids, p32[0], p32[1], p32[2], "relu", backend="torch")
+    out, _ = char_cnn_conv_max(ids, p16[0], p16[1], p16[2], "relu", backend="triton")
+    assert out.dtype == torch.float16
+    eager16 = (char_cnn_conv_max(ids, p16[0], p16[1], p16[2], "relu", backend="torch")[0]).float()
+    eager_err = (eager16 - ref).abs().max().item()
+    assert (out.float() - ref).abs().max().item() <= 2 * eager_err + TOLERANCES[torch.float16][0]
+
+
+def test_triton_argmax_and_zero_tokens():
+    ids = mixed_ids(n_random=3).to(DEVICE)
+    emb, ws, bs, *_ = _to(make_params(filters=FILTERS, dtype=torch.float64), DEVICE, torch.float32)
+    f_t, a_t = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="triton")
+    f_r, _ = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="torch")
+    assert a_t.dtype == torch.int32
+    assert_close("features", f_r, f_t)
+    empty = char_cnn_conv_max(ids[:0], emb, ws, bs, "relu", backend="triton")[0]
+    assert empty.shape == (0, f_t.shape[1])
+
+
+def test_tail_starts():
+    ids = mixed_ids(n_random=4)
+    expect = []
+    for row in ids.tolist():
+        L = len(row) - 1
+        while L > 0 and row[L - 1] == row[-1]:
+            L -= 1
+        expect.append(L)
+    assert tail_starts(ids).tolist() == expect

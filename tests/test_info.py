@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from elmo_fast import _ext
+from elmo_fast._backend import available_backends, choose_backend
+
+
+def test_info_reports_backends():
+    out = subprocess.run([sys.executable, "-m", "elmo_fast.info"], capture_output=True, text=True, check=True).stdout
+    assert "backends usable on cpu" in out and "torch" in out
+
+
+@pytest.mark.skipif(os.environ.get("ELMO_FAST_NO_EXT") == "1", reason="built without the native extension on purpose")
+def test_cpp_extension_is_built_and_preferred_on_cpu():
+    assert _ext.cpp_ext() is not None, f"C++ extension missing: {_ext.load_error('_C')}"
+    assert "cpp" in available_backends("cpu")
+    assert choose_backend("cpu", ("torch", "cpp")) == "cpp"
+
+
+def test_backend_override_errors_are_clear(monkeypatch):
+    monkeypatch.setenv("ELMO_FAST_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        choose_backend("cpu", ("torch", "cuda"))
+    monkeypatch.setenv("ELMO_FAST_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="unknown backend"):
+        choose_backend("cpu", ("torch",))
+    monkeypatch.delenv("ELMO_FAST_BACKEND")
+    assert choose_backend("cpu", ("torch",)) == "torch"
+    assert choose_backend("cpu", ("torch", "cpp"), requested="torch") == "torch"

@@ -1,0 +1,116 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from elmo_fast import Elmo, ElmoBiLm, batch_to_ids, save_checkpoint, save_hdf5
+from elmo_fast.options import OptionsError, load_options
+from elmo_fast.testing import random_tf_weights, small_options, write_hdf5
+from elmo_fast.weights import WeightFileError
+
+
+@pytest.fixture()
+def files(tmp_path):
+    opts = small_options()
+    weights = random_tf_weights(opts, scale=3.0, seed=3)
+    write_hdf5(tmp_path / "weights.hdf5", weights)
+    (tmp_path / "options.json").write_text(json.dumps(opts))
+    return tmp_path, opts, weights
+
+
+def test_hdf5_round_trip_is_bit_exact(files):
+    d, opts, weights = files
+    bilm = ElmoBiLm(str(d / "options.json"), str(d / "weights.hdf5"))
+    save_hdf5(bilm, d / "again.hdf5")
+    with h5py.File(d / "again.hdf5", "r") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert sorted(names) == sorted(weights)
+        for name, value in weights.items():
+            got = f[name][...]
+            assert got.dtype == np.float32 and got.shape == value.shape, name
+            assert np.array_equal(got.view(np.uint32), value.view(np.uint32)), f"{name} not bit-exact"
+
+
+def test_trained_bias_is_written_back_without_the_forget_offset(files):
+    d, opts, weights = files
+    bilm = ElmoBiLm(opts, str(d / "weights.hdf5"))
+    cell = bilm._elmo_lstm.forward_layers[0]
+    C = cell.cell_size
+    with torch.no_grad():
+        cell.state_linearity.bias[C : 2 * C] = 1.25  # torch forget block = TF block 2 + 1.0
+    save_hdf5(bilm, d / "trained.hdf5")
+    with h5py.File(d / "trained.hdf5", "r") as f:
+        b = f["RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/B"][...]
+    assert np.allclose(b[2 * C : 3 * C], 0.25)
+    reloaded = ElmoBiLm(opts, str(d / "trained.hdf5"))
+    assert torch.equal(reloaded._elmo_lstm.forward_layers[0].state_linearity.bias, cell.state_linearity.bias)
+
+
+def test_safetensors_checkpoint_round_trip(files):
+    d, opts, _ = files
+    a = Elmo(opts, str(d / "weights.hdf5"), 1, dropout=0.0, stateful=False)
+    save_checkpoint(a._elmo_lstm, d / "model.safetensors")
+    b = Elmo(opts, str(d / "model.safetensors"), 1, dropout=0.0, stateful=False)
+    ids = batch_to_ids([["a", "b"], ["c"]])
+    assert torch.equal(a(ids)["elmo_representations"][0], b(ids)["elmo_representations"][0])
+
+
+def test_missing_dataset_is_named(files):
+    d, opts, weights = files
+    del weights["CNN_high_1/W_carry"]
+    write_hdf5(d / "broken.hdf5", weights)
+    with pytest.raises(WeightFileError, match="CNN_high_1/W_carry"):
+        ElmoBiLm(opts, str(d / "broken.hdf5"))
+
+
+def test_shape_mismatch_names_dataset_and_option(files):
+    d, opts, _ = files
+    other = dict(opts, lstm=dict(opts["lstm"], dim=opts["lstm"]["dim"] + 4))
+    with pytest.raises(WeightFileError, match=r"W_0.*lstm.dim"):
+        ElmoBiLm(other, str(d / "weights.hdf5"))
+    fewer = dict(opts, char_cnn=dict(opts["char_cnn"], filters=opts["char_cnn"]["filters"][:2]))
+    with pytest.raises(WeightFileError, match="only 2 filters"):
+        ElmoBiLm(fewer, str(d / "weights.hdf5"))
+
+
+def test_not_hdf5_and_corrupt_checkpoint(files):
+    d, opts, _ = files
+    with pytest.raises(WeightFileError, match="neither HDF5"):
+        ElmoBiLm(opts, str(d / "options.json"))
+    bilm = ElmoBiLm(opts)
+    save_checkpoint(bilm, d / "m.safetensors")
+    data = (d / "m.safetensors").read_bytes()
+    (d / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightFileError, match="corrupt"):
+        ElmoBiLm(opts, str(d / "cut.safetensors"))
+    with pytest.raises(FileNotFoundError):
+        ElmoBiLm(opts, str(d / "nope.hdf5"))
+
+
+def test_checkpoint_with_other_options_is_refused(files):
+    d, opts, _ = files
+    save_checkpoint(ElmoBiLm(opts), d / "m.safetensors")
+    other = small_options(dim=28)
+    with pytest.raises(WeightFileError, match="options differ"):
+        ElmoBiLm(other, str(d / "m.safetensors"))
+
+
+def test_option_errors(tmp_path):
+    opts = small_options()
+    bad = json.loads(json.dumps(opts))
+    del bad["lstm"]["dim"]
+    with pytest.raises(OptionsError, match=r"missing option\(s\) \['dim'\]"):
+        load_options(bad)
+    bad = json.loads(json.dumps(opts))
+    bad["char_cnn"]["n_higway"] = 1
+    with pytest.raises(OptionsError, match="unknown option"):
+        load_options(bad)
+    (tmp_path / "o.json").write_text("{not json")
+    with pytest.raises(OptionsError, match="not valid JSON"):
+        load_options(str(tmp_path / "o.json"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_options(str(tmp_path / "missing.json"))
+    assert load_options("original")["lstm"]["dim"] == 4096
