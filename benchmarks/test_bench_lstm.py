@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common import options
+from benchmarks.common import options
 from elmo_fast._backend import available_backends
 from elmo_fast.modules.lstm import ElmoLstm
 
