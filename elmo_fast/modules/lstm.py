@@ -25,6 +25,7 @@ class LstmCellWithProjection(nn.Module):
         self.memory_cell_clip_value = memory_cell_clip_value
         self.state_projection_clip_value = state_projection_clip_value
         self.backend = backend
+        self.gemm_dtype: torch.dtype | None = None  # torch.bfloat16: faster CPU inference (see lstm_proj)
         self.input_linearity = nn.Linear(input_size, 4 * cell_size, bias=False)
         self.state_linearity = nn.Linear(hidden_size, 4 * cell_size, bias=True)
         self.state_projection = nn.Linear(cell_size, hidden_size, bias=False)
@@ -40,7 +41,7 @@ class LstmCellWithProjection(nn.Module):
         out, h, c = lstm_proj(
             inputs, lengths, self.input_linearity.weight, self.state_linearity.weight, self.state_linearity.bias,
             self.state_projection.weight, self.memory_cell_clip_value, self.state_projection_clip_value,
-            reverse=not self.go_forward, h0=h0, c0=c0, backend=self.backend,
+            reverse=not self.go_forward, h0=h0, c0=c0, backend=self.backend, gemm_dtype=self.gemm_dtype,
         )
         return out, (h, c)
 
@@ -80,6 +81,11 @@ class ElmoLstm(nn.Module):
     def set_backend(self, backend: str | None) -> None:
         for layer in self.forward_layers + self.backward_layers:
             layer.backend = backend
+
+    def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
+        """torch.bfloat16: bf16 GEMM operands with fp32 state (CPU inference only); None: fp32."""
+        for layer in self.forward_layers + self.backward_layers:
+            layer.gemm_dtype = dtype
 
     def reset_states(self, mask: torch.Tensor | None = None) -> None:
         """Forget the carried state (all rows, or only the rows where `mask` `[B]` is True)."""

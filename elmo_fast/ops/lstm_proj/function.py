@@ -104,6 +104,7 @@ def lstm_proj(
     h0: torch.Tensor | None = None,
     c0: torch.Tensor | None = None,
     backend: str | None = None,
+    gemm_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One direction of one LSTM-with-projection layer over a padded, variable-length batch.
 
@@ -115,6 +116,9 @@ def lstm_proj(
         reverse: each row runs from its own last position back to 0.
         h0 `[B, P]`, c0 `[B, C]`: initial state (zeros when None); differentiable.
         backend: "cpp" | "cuda" | "triton" | "torch"; default from `ELMO_FAST_BACKEND` or the fastest available.
+        gemm_dtype: None (fp32 throughout) or torch.bfloat16: inference on the cpp backend with bf16 GEMM
+            operands and fp32 accumulation, gates, cell state and outputs (2-7x faster GEMMs on CPUs with
+            avx512_bf16/AMX; error in benchmarks/results/lstm_cpu.md). No gradients.
 
     Returns:
         out `[B, T, P]` (exactly 0 past each row's length), h_n `[B, P]`, c_n `[B, C]`.
@@ -129,6 +133,9 @@ def lstm_proj(
     """
     _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0)
     chosen = choose_backend(x.device, SUPPORTED, backend)
+    if gemm_dtype is not None and (chosen != "cpp" or x.dtype != torch.float32):
+        raise ValueError(f"gemm_dtype={gemm_dtype} needs float32 CPU tensors and the cpp backend (got {x.dtype} on "
+                         f"backend {chosen!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
     if chosen == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
     B, P, C = x.shape[0], w_proj.shape[0], w_proj.shape[1]
@@ -140,6 +147,12 @@ def lstm_proj(
         raise ValueError(f"clip values must be >= 0 (0/None = no clip), got cell_clip={cell_clip}, proj_clip={proj_clip}")
     lengths = lengths.to(torch.long)
     tensors = (x, w_in, w_rec, bias, w_proj, h0, c0)
+    if gemm_dtype is not None:
+        if gemm_dtype != torch.bfloat16:
+            raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
+        return torch.ops.elmo_fast.lstm_proj_fwd_bf16(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse))
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), chosen)
     out, h_n, c_n, *_ = _fwd_impl(chosen)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
@@ -165,6 +178,13 @@ def _register_fakes() -> None:
                   cell_clip, proj_clip, reverse):
         return (torch.empty_like(x), torch.empty_like(w_in), torch.empty_like(w_rec), w_in.new_empty(w_in.shape[0]),
                 torch.empty_like(w_proj), torch.empty_like(h0), torch.empty_like(c0))
+
+
+    @torch.library.register_fake("elmo_fast::lstm_proj_fwd_bf16")
+    def _fwd_bf16_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse):
+        B, T, _ = x.shape
+        P, C = w_proj.shape
+        return x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C)
 
 
 if _ext.cpp_ext() is not None:
