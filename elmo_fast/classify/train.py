@@ -4,7 +4,6 @@ the whole pipeline: CSV -> tokens -> frozen-ELMo cache -> classifier -> metrics 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 

