@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -87,6 +88,8 @@ void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, con
                     at::TensorList biases, bool relu, at::Tensor& features, at::Tensor& argmax) {
   // GCC/Clang vector extension: 32 bytes = one AVX2 register (plain SSE/NEON code elsewhere).
   typedef scalar_t Vec __attribute__((vector_size(32)));
+  using Idx = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;  // lane-matched compare masks
+  typedef Idx IVec __attribute__((vector_size(32)));
   constexpr int kLanes = 32 / sizeof(scalar_t);
   constexpr int kNV = kFB / kLanes;
   const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1), F = features.size(1);
@@ -121,7 +124,7 @@ void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, con
     std::vector<const scalar_t*> row_ptr;
     std::vector<int32_t> row_tok, row_pos;
     std::vector<scalar_t> best(kTB * kFB);
-    std::vector<int32_t> best_at(kTB * kFB);
+    std::vector<Idx> best_at(kTB * kFB);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t n0 = blk * kTB, nt = std::min(kTB, N - n0);
       for (int64_t t = 0; t < nt; ++t) {
@@ -147,7 +150,7 @@ void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, con
         const scalar_t* __restrict wi = wptr[i];
         for (int64_t f0 = 0; f0 < Fp; f0 += kFB) {
           std::fill(best.begin(), best.end(), -std::numeric_limits<scalar_t>::infinity());
-          std::fill(best_at.begin(), best_at.end(), 0);
+          std::fill(best_at.begin(), best_at.end(), Idx(0));
           for (int64_t r0 = 0; r0 < n_rows; r0 += kPB) {
             // Register tile: kPB windows x kFB filters, one broadcast-FMA per (window, vector).
             Vec acc[kPB][kNV] = {};
@@ -163,15 +166,22 @@ void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, con
               }
             }
             const int64_t rows = std::min<int64_t>(kPB, n_rows - r0);
+            // Branch-free vector fold into each token's running max (a scalar compare-and-branch
+            // per value cost about a third of the tile's time).
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* bt = best.data() + row_tok[r0 + r] * kFB;
-              int32_t* at = best_at.data() + row_tok[r0 + r] * kFB;
-              for (int64_t v = 0; v < kFB; ++v) {
-                const scalar_t val = acc[r][v / kLanes][v % kLanes];
-                if (val > bt[v]) {  // strict, and rows are in position order: the first maximum wins
-                  bt[v] = val;
-                  at[v] = row_pos[r0 + r];
-                }
+              Idx* at = best_at.data() + row_tok[r0 + r] * kFB;
+              const IVec pos = IVec{} + static_cast<Idx>(row_pos[r0 + r]);
+              for (int u = 0; u < kNV; ++u) {
+                Vec b;
+                IVec a;
+                std::memcpy(&b, bt + u * kLanes, sizeof(Vec));
+                std::memcpy(&a, at + u * kLanes, sizeof(IVec));
+                const IVec better = acc[r][u] > b;  // strict, rows in position order: the first maximum wins
+                b = better ? acc[r][u] : b;
+                a = better ? pos : a;
+                std::memcpy(bt + u * kLanes, &b, sizeof(Vec));
+                std::memcpy(at + u * kLanes, &a, sizeof(IVec));
               }
             }
           }
@@ -183,7 +193,7 @@ void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, con
               // The bias is the same at every position, so adding it after the max is exact.
               const scalar_t pre = best[t * kFB + v] + bptr[i][f0 + v];
               o[v] = relu ? std::max(pre, scalar_t(0)) : std::tanh(pre);
-              a[v] = best_at[t * kFB + v];
+              a[v] = static_cast<int32_t>(best_at[t * kFB + v]);
             }
           }
         }

@@ -13,10 +13,13 @@
 // per-position conv outputs never leave registers.
 // Backward: d_weight one block per filter (threads over the w * E taps, looping over tokens: no
 // atomics); d_embedding one thread per (token, filter), atomically adding into the char rows.
+// Lean includes (no torch/extension.h): this file needs no Python and compiles much faster.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
+#include <torch/library.h>
 
 #include <vector>
 

@@ -31,9 +31,9 @@ def _nvcc() -> str | None:
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (install the CUDA toolkit or set CUDA_HOME) - CUDA sources not compile-checked")
 def test_cuda_sources_compile(tmp_path):
-    """One arch (sm_80) keeps this to one nvcc pass; the torch headers compile against a CPU torch with
-    C10_USING_CUSTOM_GENERATED_MACROS (see /work/shared/TOOLCHAIN.md)."""
-    cmd = [_nvcc(), "-c", "-arch=sm_80", "-std=c++17", "-O1", "--use_fast_math", "-DC10_USING_CUSTOM_GENERATED_MACROS",
+    """One arch (sm_80) at -O0 keeps this to one quick nvcc pass (a syntax/type check, not a build); the
+    torch headers compile against a CPU torch with C10_USING_CUSTOM_GENERATED_MACROS (TOOLCHAIN.md)."""
+    cmd = [_nvcc(), "-c", "-arch=sm_80", "-std=c++17", "-O0", "-Xcompiler", "-O0", "--use_fast_math", "-DC10_USING_CUSTOM_GENERATED_MACROS",
            "-DTORCH_EXTENSION_NAME=_C_cuda", "-w", f"-I{os.path.join(ROOT, 'csrc')}", f"-I{sysconfig.get_paths()['include']}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [SOURCE, "-o", str(tmp_path / "char_cnn_cuda.o")]
