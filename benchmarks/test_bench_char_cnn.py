@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common import SHAPES, char_ids, options, real_text_batch, tokens_per_second, unique_words_batch
+from benchmarks.common import SHAPES, char_ids, options, real_text_batch, tokens_per_second, unique_words_batch
 from elmo_fast._backend import choose_backend
 from elmo_fast.modules.char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref

@@ -94,7 +94,6 @@ def add_sentence_boundary_token_ids(tensor: torch.Tensor, mask: torch.Tensor, bo
     rows = torch.arange(B, device=tensor.device)
     out[:, 0] = bos.to(out.dtype)
     out[rows, lengths + 1] = eos.to(out.dtype)
-    new_mask = torch.zeros(B, T + 2, dtype=torch.bool, device=tensor.device)
     positions = torch.arange(T + 2, device=tensor.device)
     new_mask = positions[None, :] < (lengths + 2)[:, None]
     return out, new_mask
