@@ -14,9 +14,9 @@ from elmo_fast._backend import available_backends
 from elmo_fast.classify.data import load_csv
 from elmo_fast.classify.features import compute_layers, tokenize_documents
 
-from .common import tokens_per_second
+from .common import SHARED_DATA, tokens_per_second
 
-AG = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ag_news", "sample.csv")
+AG = os.path.join(SHARED_DATA, "ag_news", "sample.csv")
 
 
 @pytest.fixture(scope="module")

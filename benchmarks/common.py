@@ -13,7 +13,8 @@ import torch
 from elmo_fast.chars import batch_to_ids
 from elmo_fast.options import PRESETS
 
-LM_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lm_corpus", "valid.txt")
+SHARED_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+LM_CORPUS = os.path.join(SHARED_DATA, "lm_corpus", "valid.txt")
 SHAPES = [(32, 20), (64, 40)]  # (sentences, words per sentence)
 
 

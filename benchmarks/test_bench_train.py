@@ -3,7 +3,7 @@ backward, Adam update) with the fused ops (default backends) vs the eager refere
 same batches of real text, side by side in one process. Tokens/s lands in each result's extra_info.
 
     python -m pytest benchmarks/test_bench_train.py --benchmark-json=benchmarks/results/train_cpu.json
-    python benchmarks/test_bench_train.py --config tiny --batch-size 32 --steps 6   # interleaved A/B ratio
+    python -m benchmarks.test_bench_train --config tiny --batch-size 32 --steps 6   # interleaved A/B ratio
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from elmo_fast.options import load_options
 from elmo_fast.train.data import LMBatcher, Vocabulary
 from elmo_fast.train.model import BidirectionalLM
+from benchmarks.common import LM_CORPUS
 
-_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-TRAIN = os.path.join(_DATA, "lm_corpus", "valid.txt")
+TRAIN = LM_CORPUS
 
 
 def _setup(config: str, batch_size: int, backend, n_negative: int = 1024, seed: int = 0):

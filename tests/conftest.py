@@ -11,7 +11,8 @@ import torch
 
 from elmo_fast.testing import assert_close  # noqa: F401  (re-exported for tests)
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+# ELMO_FAST_SHARED_DATA points elsewhere (e.g. from a git worktree, where ../shared is not beside the checkout).
+SHARED_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +24,7 @@ def shared_data(*parts: str) -> str:
     """Path under ../shared/data; tests that need it skip (visibly, with the reason) when it is absent."""
     path = os.path.join(SHARED_DATA, *parts)
     if not os.path.exists(path):
-        pytest.skip(f"{path} not present (development data lives in ../shared/data)")
+        pytest.skip(f"{path} not present (development data lives in ../shared/data; set ELMO_FAST_SHARED_DATA)")
     return path
 
 

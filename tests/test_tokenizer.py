@@ -2,21 +2,15 @@
 the tokenizer's own output, so re-tokenizing them must change nothing)."""
 
 import csv
-import os
 import random
 
 import pytest
 
 from elmo_fast.tokenizer import normalize, split_sentences, tokenize
-
-_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-
+from tests.conftest import shared_data
 
 def _corpus(name):
-    path = os.path.join(_DATA, "lm_corpus", name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present (development data lives in ../shared/data; set ELMO_FAST_SHARED_DATA)")
-    return path
+    return shared_data("lm_corpus", name)
 
 
 @pytest.mark.parametrize(

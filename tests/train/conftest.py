@@ -1,21 +1,16 @@
-import os
 
 import pytest
 import torch
 
 from elmo_fast.testing import small_options
 
-_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+from tests.conftest import shared_data
 
 
 def lm_corpus(name: str) -> str:
     """A file of ../shared/data/lm_corpus (ELMO_FAST_SHARED_DATA overrides the location); skips,
     visibly and with the reason, when the development data is not there."""
-    root = os.environ.get("ELMO_FAST_SHARED_DATA", _DEFAULT)
-    path = os.path.join(root, "lm_corpus", name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present (development data lives in ../shared/data; set ELMO_FAST_SHARED_DATA)")
-    return path
+    return shared_data("lm_corpus", name)
 
 
 def slice_lines(src: str, dst, start: int, n: int) -> str:
