@@ -43,9 +43,14 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
                encoder: str = "bilstm", hidden: int = 128, dropout: float = 0.3, lr: float = 2e-3,
                weight_decay: float = 1e-2, batch_size: int = 32, max_epochs: int = 30, patience: int = 5,
                seed: int = 0, device=None, progress: bool = True, log=print) -> tuple[ElmoClassifierHead, dict]:
-    """Train an `ElmoClassifierHead`, keeping the weights of the epoch with the best validation
-    accuracy and stopping after `patience` epochs without improvement. Mixed precision (autocast)
-    on a GPU.
+    """Train an `ElmoClassifierHead`, keeping the weights of the epoch with the lowest validation
+    cross-entropy and stopping after `patience` epochs without improvement. Mixed precision
+    (autocast) on a GPU.
+
+    Loss rather than accuracy selects the epoch: on a validation split of a few dozen rows accuracy
+    moves in steps of several percent and its first maximum is often an under-trained early epoch
+    (measured on a 48-row AG split: best-accuracy selection stopped at epoch 3 and lost 15 points of
+    test accuracy against later epochs).
 
     Returns (head with the best weights, history {'epochs', 'best_epoch', 'valid_accuracy', ...}).
     """
@@ -66,7 +71,7 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = nn.CrossEntropyLoss()
     y_train_t = torch.as_tensor(y_train, dtype=torch.long)
-    best, best_acc, best_epoch, history = None, -1.0, 0, []
+    best, best_loss, best_acc, best_epoch, history = None, float("inf"), 0.0, 0, []
     start = time.perf_counter()
     bar = tqdm(range(1, max_epochs + 1), desc="classifier", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
@@ -83,17 +88,19 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
             scaler.step(opt)
             scaler.update()
             total += loss.item() * len(idx)
-        acc = float((predict(head, valid, device=device).argmax(1) == y_valid).mean())
-        history.append({"epoch": epoch, "train_loss": total / len(train), "valid_accuracy": acc})
-        bar.set_postfix(loss=f"{total / len(train):.3f}", valid_acc=f"{acc:.3f}")
-        if acc > best_acc:
-            best_acc, best_epoch, best = acc, epoch, copy.deepcopy(head.state_dict())
+        p_valid = predict(head, valid, device=device)
+        acc = float((p_valid.argmax(1) == y_valid).mean())
+        vloss = float(-np.log(np.maximum(p_valid[np.arange(len(y_valid)), y_valid], 1e-12)).mean())
+        history.append({"epoch": epoch, "train_loss": total / len(train), "valid_loss": vloss, "valid_accuracy": acc})
+        bar.set_postfix(loss=f"{total / len(train):.3f}", valid_loss=f"{vloss:.3f}", valid_acc=f"{acc:.3f}")
+        if vloss < best_loss:
+            best_loss, best_acc, best_epoch, best = vloss, acc, epoch, copy.deepcopy(head.state_dict())
         elif epoch - best_epoch >= patience:
             break
     head.load_state_dict(best)
-    info = {"epochs": len(history), "best_epoch": best_epoch, "valid_accuracy": best_acc, "history": history,
+    info = {"epochs": len(history), "best_epoch": best_epoch, "valid_accuracy": best_acc, "valid_loss": best_loss, "history": history,
             "train_seconds": time.perf_counter() - start}
-    log(f"classifier: best valid accuracy {best_acc:.4f} at epoch {best_epoch}/{len(history)}")
+    log(f"classifier: epoch {best_epoch}/{len(history)} kept (valid loss {best_loss:.4f}, accuracy {best_acc:.4f})")
     return head, info
 
 
