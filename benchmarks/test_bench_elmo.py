@@ -1,7 +1,11 @@
-"""Whole-`Elmo` forward, fast (default backends) vs eager (the reference, AllenNLP's structure),
-side by side, on real text. Tokens/s lands in each result's extra_info.
+"""Whole-`Elmo`, fast (default backends) vs eager (the reference, AllenNLP's structure), side by
+side on real text: forward (fp32, and on the CPU the bf16-GEMM inference option), and
+forward+backward with the biLM fine-tuned (`requires_grad=True`). Tokens/s lands in each result's
+extra_info, and on a GPU the peak memory too.
 
-    python -m pytest benchmarks/test_bench_elmo.py --benchmark-json=benchmarks/results/elmo_cpu.json
+    OMP_WAIT_POLICY=ACTIVE python -m pytest benchmarks/test_bench_elmo.py --benchmark-json=benchmarks/results/elmo_cpu.json
+
+'eager' is `backend="torch"`: the reference modules, AllenNLP's per-time-step structure.
 """
 
 import pytest
@@ -10,6 +14,8 @@ import torch
 from benchmarks.common import SHAPES, real_text_batch, tokens_per_second
 from elmo_fast import Elmo, PRESETS, batch_to_ids
 from elmo_fast.testing import random_tf_weights, write_hdf5
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +28,72 @@ def weight_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("provider", ["eager", "fast"])
+def _bench(benchmark, fn, rounds, n_tokens, **info):
+    fn()  # warm-up (allocator, lazy init, Triton compilation)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    tokens_per_second(benchmark, n_tokens)
+    benchmark.extra_info.update(device=DEVICE, threads=torch.get_num_threads(), **info)
+    if DEVICE == "cuda":
+        benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        benchmark.extra_info["device_name"] = torch.cuda.get_device_name()
+
+
+@pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
+def threads(request):
+    if DEVICE == "cuda" and request.param != 1:
+        pytest.skip("thread count only matters on the CPU")
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("provider", ["eager", "fast", "fast-bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("config", ["small", "original"])
-def test_elmo_forward(benchmark, weight_files, config, shape, provider):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def test_elmo_forward(benchmark, weight_files, config, shape, provider, threads):
+    if provider == "fast-bf16" and DEVICE != "cpu":
+        pytest.skip("the bf16-GEMM option is a CPU inference path")
     backend = "torch" if provider == "eager" else None
-    elmo = Elmo(config, weight_files[config], 1, dropout=0.0, stateful=False, backend=backend).to(device).eval()
+    elmo = Elmo(config, weight_files[config], 1, dropout=0.0, stateful=False, backend=backend).to(DEVICE).eval()
+    if provider == "fast-bf16":
+        elmo._elmo_lstm._elmo_lstm.set_gemm_dtype(torch.bfloat16)
     batch = real_text_batch(*shape)
-    ids = batch_to_ids(batch).to(device)
-    n_tokens = sum(map(len, batch))
+    ids = batch_to_ids(batch).to(DEVICE)
 
     def run():
         with torch.no_grad():
             out = elmo(ids)["elmo_representations"][0]
-        if device == "cuda":
+        if DEVICE == "cuda":
             torch.cuda.synchronize()
         return out
 
-    run()  # warm-up (allocator, lazy init)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(run, rounds=3 if config == "original" else 5, iterations=1)
-    tokens_per_second(benchmark, n_tokens)
-    benchmark.extra_info.update(provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", device=device,
-                                threads=torch.get_num_threads())
-    if device == "cuda":
-        benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        benchmark.extra_info["device_name"] = torch.cuda.get_device_name()
+    _bench(benchmark, run, 3 if config == "original" else 5, sum(map(len, batch)),
+           provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", mode="fwd")
+
+
+@pytest.mark.parametrize("provider", ["eager", "fast"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("config", ["small"])
+def test_elmo_forward_backward(benchmark, weight_files, config, shape, provider, threads):
+    """Fine-tuning step: every biLM weight and the scalar mix get gradients."""
+    backend = "torch" if provider == "eager" else None
+    elmo = Elmo(config, weight_files[config], 1, requires_grad=True, dropout=0.0, stateful=False,
+                backend=backend).to(DEVICE).train()
+    batch = real_text_batch(*shape)
+    ids = batch_to_ids(batch).to(DEVICE)
+    probe = torch.randn(len(batch), max(map(len, batch)), elmo.get_output_dim(), device=DEVICE,
+                        generator=torch.Generator(DEVICE).manual_seed(0))
+
+    def run():
+        elmo.zero_grad(set_to_none=True)
+        out = elmo(ids)["elmo_representations"][0]
+        (out * probe).sum().backward()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    _bench(benchmark, run, 3, sum(map(len, batch)), provider=provider, config=config,
+           shape=f"{shape[0]}x{shape[1]}", mode="fwdbwd")
