@@ -1,5 +1,6 @@
 """Whole-`Elmo`, fast (default backends) vs eager (the reference, AllenNLP's structure), side by
-side on real text: forward (fp32, and on the CPU the bf16-GEMM inference option), and
+side on real text: forward (fp32, and on the CPU the bf16-GEMM inference option `Elmo.set_gemm_dtype`, its error
+against fp32 recorded), and
 forward+backward with the biLM fine-tuned (`requires_grad=True`). Tokens/s lands in each result's
 extra_info, and on a GPU the peak memory too.
 
@@ -59,10 +60,16 @@ def test_elmo_forward(benchmark, weight_files, config, shape, provider, threads)
         pytest.skip("the bf16-GEMM option is a CPU inference path")
     backend = "torch" if provider == "eager" else None
     elmo = Elmo(config, weight_files[config], 1, dropout=0.0, stateful=False, backend=backend).to(DEVICE).eval()
-    if provider == "fast-bf16":
-        elmo._elmo_lstm._elmo_lstm.set_gemm_dtype(torch.bfloat16)
     batch = real_text_batch(*shape)
     ids = batch_to_ids(batch).to(DEVICE)
+    info = {}
+    if provider == "fast-bf16":
+        with torch.no_grad():
+            ref = elmo(ids)["elmo_representations"][0]
+            elmo.set_gemm_dtype(torch.bfloat16)
+            err = elmo(ids)["elmo_representations"][0] - ref
+        info = {"max_abs_err_vs_fp32": err.abs().max().item(),
+                "rel_rms_err_vs_fp32": (err.pow(2).mean() / ref.pow(2).mean()).sqrt().item()}
 
     def run():
         with torch.no_grad():
@@ -72,7 +79,7 @@ def test_elmo_forward(benchmark, weight_files, config, shape, provider, threads)
         return out
 
     _bench(benchmark, run, 3 if config == "original" else 5, sum(map(len, batch)),
-           provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", mode="fwd")
+           provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", mode="fwd", **info)
 
 
 @pytest.mark.parametrize("provider", ["eager", "fast"])

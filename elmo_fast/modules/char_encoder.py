@@ -45,10 +45,17 @@ class ElmoCharacterEncoder(nn.Module):
         self.register_buffer("_beginning_of_sentence_characters", torch.from_numpy(BOS_IDS.copy()), persistent=False)
         self.register_buffer("_end_of_sentence_characters", torch.from_numpy(EOS_IDS.copy()), persistent=False)
         self.word_cache: WordVectorCache | None = None
+        self.gemm_dtype: torch.dtype | None = None  # torch.bfloat16: faster CPU inference (see char_cnn)
 
     def enable_word_cache(self, max_entries: int = 100_000) -> None:
         """Reuse word vectors across batches when no gradient is needed (dropped when weights change)."""
         self.word_cache = WordVectorCache(max_entries) if max_entries > 0 else None
+
+    def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
+        """torch.bfloat16: bf16 highway/projection GEMM operands (CPU inference only); None: fp32."""
+        if dtype != self.gemm_dtype and self.word_cache is not None:
+            self.word_cache.clear()  # its vectors were computed at the other precision
+        self.gemm_dtype = dtype
 
     @property
     def convolutions(self) -> list[nn.Conv1d]:
@@ -69,6 +76,7 @@ class ElmoCharacterEncoder(nn.Module):
             self.activation,
             backend=self.backend,
             cache=self.word_cache,
+            gemm_dtype=self.gemm_dtype,
         )
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:

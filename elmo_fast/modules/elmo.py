@@ -67,6 +67,10 @@ class Elmo(nn.Module):
     def get_output_dim(self) -> int:
         return self._elmo_lstm.get_output_dim()
 
+    def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
+        """torch.bfloat16: faster CPU inference with bf16 GEMM operands (see `ElmoBiLm.set_gemm_dtype`)."""
+        self._elmo_lstm.set_gemm_dtype(dtype)
+
     def reset_states(self) -> None:
         self._elmo_lstm.reset_states()
 

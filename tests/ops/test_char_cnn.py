@@ -191,3 +191,51 @@ def test_module_uses_fused_op():
     a, b = fast(x), eager(x)
     assert torch.equal(a["mask"], b["mask"])
     assert_close("token_embedding", b["token_embedding"], a["token_embedding"])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("n_highway", [1, 2])
+def test_bf16_gemm_inference_accuracy(backend, n_highway):
+    """bf16 highway/projection GEMM operands: error vs the fp32 reference at most 2x that of the
+    eager reference run entirely in bf16, fp32 output, and the same vectors through the word cache."""
+    from elmo_fast.ops.char_cnn import WordVectorCache
+
+    ids = mixed_ids()
+    params = make_params(filters=((1, 8), (2, 16), (3, 32), (5, 64)), E=8, P=24, n_highway=n_highway, seed=3)
+    with torch.no_grad():
+        ref = char_cnn_ref(ids, *params, "relu")
+        low = char_cnn_ref(ids, *[[t.bfloat16() for t in p] if isinstance(p, list) else p.bfloat16() for p in params], "relu")
+        out = char_cnn(ids, *params, "relu", backend=backend, gemm_dtype=torch.bfloat16)
+        cache = WordVectorCache()
+        fp32_cached = char_cnn(ids, *params, "relu", backend=backend, cache=cache)
+        bf16_cached = char_cnn(ids, *params, "relu", backend=backend, cache=cache, gemm_dtype=torch.bfloat16)
+    assert out.dtype == torch.float32
+    err, err_low = (out - ref).abs().max().item(), (low.float() - ref).abs().max().item()
+    assert 0 < err <= 2 * err_low, f"bf16-GEMM error {err:.3g} vs eager-bf16 error {err_low:.3g}"
+    assert_close("bf16-GEMM output", ref, out, atol=3e-2, rtol=3e-2)
+    assert_close("fp32 through the cache", ref, fp32_cached)
+    assert torch.equal(bf16_cached, out), "the cache must not serve fp32 vectors for a bf16 request"
+
+
+def test_bf16_gemm_rejects_training_and_other_dtypes():
+    ids = mixed_ids()
+    params = make_params()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        char_cnn(ids, *params, "relu", gemm_dtype=torch.bfloat16)
+    with torch.no_grad(), pytest.raises(ValueError, match="gemm_dtype must be"):
+        char_cnn(ids, *params, "relu", gemm_dtype=torch.float16)
+    with torch.no_grad(), pytest.raises(ValueError, match="float32 CPU"):
+        char_cnn(ids, *make_params(dtype=torch.float64), "relu", gemm_dtype=torch.bfloat16)
+
+
+def test_bf16_gemm_weight_update_is_seen():
+    """The cached bf16 weight copies follow in-place updates (an optimizer step, load_state_dict)."""
+    ids = mixed_ids()
+    params = make_params(P=6)
+    with torch.no_grad():
+        before = char_cnn(ids, *params, "relu", gemm_dtype=torch.bfloat16)
+        params[5].mul_(-1.0)  # projection weight
+        after = char_cnn(ids, *params, "relu", gemm_dtype=torch.bfloat16)
+        ref = char_cnn_ref(ids, *params, "relu")
+    assert not torch.allclose(before, after)
+    assert_close("after the update", ref, after, atol=3e-2, rtol=3e-2)

@@ -43,9 +43,11 @@ class WordVectorCache:
     def _weights_signature(params: Sequence[torch.Tensor]) -> tuple:
         return tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype, p.device) for p in params)
 
-    def lookup(self, char_ids: torch.Tensor, params: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Vectors `[N, P]` for `char_ids` `[N, W]`; `compute(ids [M, W]) -> [M, P]` fills the misses."""
-        signature = self._weights_signature(params)
+    def lookup(self, char_ids: torch.Tensor, params: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor],
+               variant=None) -> torch.Tensor:
+        """Vectors `[N, P]` for `char_ids` `[N, W]`; `compute(ids [M, W]) -> [M, P]` fills the misses.
+        `variant` names anything else the vectors depend on (e.g. the GEMM precision): a change drops them."""
+        signature = (self._weights_signature(params), variant)
         if signature != self._signature:
             self._store.clear()
             self._signature = signature

@@ -1,0 +1,54 @@
+"""Markdown table of fast-vs-eager ratios from a pytest-benchmark JSON.
+
+    python -m benchmarks.summarize benchmarks/results/elmo_cpu.json
+
+Rows are grouped by every parameter except `provider`; each provider's minimum time (the least
+disturbed round on a shared host) is shown with its speed-up over the 'eager' row of its group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def summarize(path: str) -> str:
+    with open(path) as f:
+        data = json.load(f)
+    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        params = dict(b.get("params") or {})
+        provider = params.pop("provider", b["extra_info"].get("provider", "?"))
+        key = (b["name"].split("[")[0],) + tuple(sorted((k, str(v)) for k, v in params.items()))
+        groups[key][provider] = b
+    providers = sorted({p for g in groups.values() for p in g}, key=lambda p: (p != "eager", p))
+    machine = data.get("machine_info", {})
+    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", ""))
+    lines = [f"Source: `{path}` ({data.get('datetime', '')}, {cpu}, {machine.get('node', '')}); min of rounds.", ""]
+    head = ["test", "params"] + [f"{p} (s)" for p in providers] + [f"{p} vs eager" for p in providers if p != "eager"]
+    head += [f"{p} tokens/s" for p in providers]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, row in sorted(groups.items()):
+        t = {p: row[p]["stats"]["min"] for p in row}
+        cells = [key[0], ", ".join(f"{k}={v}" for k, v in key[1:])]
+        cells += [f"{t[p]:.4f}" if p in t else "-" for p in providers]
+        cells += [f"{t['eager'] / t[p]:.2f}x" if p in t and "eager" in t else "-" for p in providers if p != "eager"]
+        for p in providers:
+            info = row[p]["extra_info"] if p in row else {}
+            tok = info.get("tokens")
+            cells.append(f"{tok / t[p]:,.0f}" if tok and p in t else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("json", nargs="+")
+    for path in p.parse_args(argv).json:
+        print(summarize(path))
+        print()
+
+
+if __name__ == "__main__":
+    main()
