@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--max-tokens", type=int, default=200, help="tokens kept per document (title first)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="after training on the frozen ELMo, fine-tune the biLM with the head for up to N epochs (default 0: frozen)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="biLM learning rate when fine-tuning (the head uses 5e-4)")
     p.add_argument("--bow", action="store_true", help="combine with a TF-IDF + logistic-regression model (weight chosen on validation)")
     p.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF + linear SVM baseline")
     p.add_argument("--backend", default=None, help="kernel backend (torch|cpp|triton|cuda; default: fastest)")
@@ -48,9 +51,12 @@ def run(args) -> int:
     m = classify(train, test, bilm, args.out, valid=valid, valid_fraction=args.valid_fraction, max_tokens=args.max_tokens,
                  encoder=args.encoder, hidden=args.hidden, max_epochs=args.epochs, patience=args.patience,
                  batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed, baseline=not args.no_baseline, bow=args.bow,
+                 finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                  progress=not args.no_progress)
     what = "ELMo + bag-of-words" if args.bow else "ELMo"
     print(f"test accuracy ({what}): {m['accuracy']:.4f}  (macro-F1 {m['macro_f1']:.4f}, {m['n_test']} test rows)")
+    if "elmo_frozen" in m:
+        print(f"  frozen ELMo (before fine-tuning) {m['elmo_frozen']['accuracy']:.4f}")
     if args.bow:
         print(f"  ELMo alone {m['elmo_only']['accuracy']:.4f}, bag-of-words alone {m['bow_only']['accuracy']:.4f}")
     if "tfidf_svm" in m:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..utils import atomic_path
 from .data import LabeledTexts, stratified_split
 from .features import LayerCache, compute_layers, tokenize_documents
 from .model import ElmoClassifierHead
@@ -90,7 +91,7 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
             total += loss.item() * len(idx)
         p_valid = predict(head, valid, device=device)
         acc = float((p_valid.argmax(1) == y_valid).mean())
-        vloss = float(-np.log(np.maximum(p_valid[np.arange(len(y_valid)), y_valid], 1e-12)).mean())
+        vloss = _log_loss(p_valid, y_valid)
         history.append({"epoch": epoch, "train_loss": total / len(train), "valid_loss": vloss, "valid_accuracy": acc})
         bar.set_postfix(loss=f"{total / len(train):.3f}", valid_loss=f"{vloss:.3f}", valid_acc=f"{acc:.3f}")
         if vloss < best_loss:
@@ -133,6 +134,10 @@ def bow_probabilities(train: LabeledTexts, *others: LabeledTexts, C: float = 10.
     return out
 
 
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+
+
 def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
     """Weighted geometric mean of the two models' probabilities (w on ELMo), renormalised."""
     logp = w * np.log(p_elmo + 1e-9) + (1 - w) * np.log(p_bow + 1e-9)
@@ -159,9 +164,13 @@ def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
 def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None = None, *, valid: LabeledTexts | None = None,
              valid_fraction: float = 0.1, max_tokens: int | None = 200, encoder: str = "bilstm", hidden: int = 128,
              max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.3, seed: int = 0,
-             baseline: bool = True, bow: bool = False, progress: bool = True, log=print) -> dict:
+             baseline: bool = True, bow: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-4,
+             progress: bool = True, log=print) -> dict:
     """The whole pipeline with a frozen ELMo: tokenize, cache the biLM layers, train the head with
     early stopping on `valid` (default: a stratified `valid_fraction` of `train`), evaluate on `test`.
+
+    `finetune_epochs > 0` then fine-tunes the biLM (in place) together with the head, starting from
+    the frozen result (see `finetune.py`); `elmo_frozen` holds the frozen head's test metrics.
 
     `bow=True` adds a bag-of-words model (TF-IDF + logistic regression on the same training rows)
     and combines the two by a weighted geometric mean whose weight is chosen on the validation
@@ -192,19 +201,35 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
                             batch_size=batch_size, lr=lr, dropout=dropout, seed=seed, progress=progress, log=log)
     timings["classifier_s"] = info.pop("train_seconds")
     probs = predict(head, caches["test"])
+    p_valid = None
     extra = {}
+    if finetune_epochs > 0:
+        from .finetune import finetune, predict_documents
+
+        extra["elmo_frozen"] = {m: v for m, v in compute_metrics(test.labels, probs.argmax(1), train.class_names).items()
+                                if m in ("accuracy", "macro_f1")}
+        info["finetune"] = finetune(bilm, head, docs["train"], train.labels, docs["valid"], valid.labels,
+                                    epochs=finetune_epochs, lr_bilm=finetune_lr, seed=seed, progress=progress, log=log)
+        timings["finetune_s"] = info["finetune"]["seconds"]
+        probs = predict_documents(bilm, head, docs["test"])
+        p_valid = predict_documents(bilm, head, docs["valid"])
     if bow:
-        p_valid = predict(head, caches["valid"])
+        if p_valid is None:
+            p_valid = predict(head, caches["valid"])
         b_valid, b_test = bow_probabilities(train, valid, test)
-        grid = np.round(np.linspace(0, 1, 11), 2)
-        scores = [float((combine(p_valid, b_valid, w).argmax(1) == valid.labels).mean()) for w in grid]
-        w = float(grid[int(np.argmax(scores))])
-        extra = {"elmo_only": compute_metrics(test.labels, probs.argmax(1), train.class_names),
-                 "bow_only": compute_metrics(test.labels, b_test.argmax(1), train.class_names),
-                 "ensemble_weight_elmo": w, "ensemble_valid_accuracy": max(scores)}
+        # The weight minimises validation log-loss: accuracy on a few hundred rows is flat across most
+        # of the grid and its first maximum (usually an end point) is a coin toss among ties.
+        grid = np.round(np.linspace(0, 1, 21), 2)
+        losses = [_log_loss(combine(p_valid, b_valid, w), valid.labels) for w in grid]
+        best = int(np.argmin(losses))
+        w = float(grid[best])
+        valid_acc = float((combine(p_valid, b_valid, w).argmax(1) == valid.labels).mean())
+        extra.update({"elmo_only": compute_metrics(test.labels, probs.argmax(1), train.class_names),
+                      "bow_only": compute_metrics(test.labels, b_test.argmax(1), train.class_names),
+                      "ensemble_weight_elmo": w, "ensemble_valid_accuracy": valid_acc, "ensemble_valid_log_loss": losses[best]})
         for k in ("elmo_only", "bow_only"):
             extra[k] = {m: extra[k][m] for m in ("accuracy", "macro_f1")}
-        log(f"ELMo + bag-of-words: weight {w} on ELMo (valid accuracy {max(scores):.4f}); "
+        log(f"ELMo + bag-of-words: weight {w} on ELMo (valid log-loss {losses[best]:.4f}, accuracy {valid_acc:.4f}); "
             f"test accuracy ELMo alone {extra['elmo_only']['accuracy']:.4f}, bag-of-words alone {extra['bow_only']['accuracy']:.4f}")
         probs = combine(probs, b_test, w)
     metrics = compute_metrics(test.labels, probs.argmax(1), train.class_names)
@@ -215,7 +240,10 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
         metrics["tfidf_svm"] = tfidf_svm_baseline(train, test)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        torch.save({"config": head.config, "state_dict": head.state_dict(), "class_names": train.class_names},
-                   os.path.join(out_dir, "classifier.pt"))
+        state = {"config": head.config, "state_dict": head.state_dict(), "class_names": train.class_names}
+        if finetune_epochs > 0:
+            state["bilm_state_dict"] = bilm.state_dict()  # the fine-tuned biLM belongs to this head
+        with atomic_path(os.path.join(out_dir, "classifier.pt")) as tmp:
+            torch.save(state, tmp)
         write_report(out_dir, metrics, test, probs)
     return metrics
