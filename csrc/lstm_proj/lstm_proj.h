@@ -65,8 +65,11 @@ inline Plan make_plan(const at::Tensor& lengths, int64_t T, const at::Device& de
 }
 
 // The Python wrapper validates first with friendlier messages; these guard direct torch.ops calls.
+// bf16_weights: the bf16-GEMM inference op also takes w_in / w_rec / w_proj already in bf16 (the
+// caller caches the converted copies instead of converting ~19M weights on every call).
 inline void check_args(const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec,
-                       const at::Tensor& bias, const at::Tensor& w_proj, const at::Tensor& h0, const at::Tensor& c0) {
+                       const at::Tensor& bias, const at::Tensor& w_proj, const at::Tensor& h0, const at::Tensor& c0,
+                       bool bf16_weights = false) {
   TORCH_CHECK(x.dim() == 3, "lstm_proj: x must be [B, T, I], got ", x.sizes());
   const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(1) == I && w_in.size(0) % 4 == 0, "lstm_proj: w_in must be [4C, ", I,
@@ -83,8 +86,10 @@ inline void check_args(const at::Tensor& x, const at::Tensor& lengths, const at:
   TORCH_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == C, "lstm_proj: c0 must be [", B, ", ", C, "], got ",
               c0.sizes());
   for (const at::Tensor* t : {&w_in, &w_rec, &bias, &w_proj, &h0, &c0}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), "lstm_proj: every weight and state must have x's dtype ",
-                x.scalar_type(), ", got ", t->scalar_type(), " (cast them with .to(x.dtype))");
+    const bool gemm_weight = t == &w_in || t == &w_rec || t == &w_proj;
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() || (bf16_weights && gemm_weight && t->scalar_type() == at::kBFloat16),
+                "lstm_proj: every weight and state must have x's dtype ", x.scalar_type(), ", got ", t->scalar_type(),
+                " (cast them with .to(x.dtype))");
     TORCH_CHECK(t->device() == x.device(), "lstm_proj: every weight and state must be on x's device ", x.device(),
                 ", got ", t->device());
   }

@@ -241,3 +241,24 @@ def test_elmo_lstm_through_cpp_matches_torch(stateful):
         models["cpp"].reset_states()
         models["torch"].reset_states()
         assert_close("bf16 output", models["torch"](x, mask), models["cpp"](x, mask), atol=5e-2, rtol=5e-2)
+
+
+def test_bf16_gemm_takes_cached_bf16_weights():
+    """The op accepts bf16 GEMM weights (what lstm_proj passes from its cache): same result as
+    converting inside, opcheck-clean, and the cache follows an in-place weight update."""
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=6, I=5, C=8, P=3, lengths=torch.tensor([6, 2, 0, 5]))
+    w_in, w_rec, bias, w_proj = ws
+    op = torch.ops.elmo_fast.lstm_proj_fwd_bf16
+    a = op(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, 3.0, 3.0, False)
+    b = op(x, lengths, w_in.bfloat16(), w_rec.bfloat16(), bias, w_proj.bfloat16(), h0, c0, 3.0, 3.0, False)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    torch.library.opcheck(op.default, (x, lengths, w_in.bfloat16(), w_rec.bfloat16(), bias, w_proj.bfloat16(), h0, c0, 3.0, 3.0, True))
+    with pytest.raises(RuntimeError, match="x's dtype"):
+        op(x, lengths, w_in, w_rec, bias.bfloat16(), w_proj, h0, c0, 3.0, 3.0, False)
+    with torch.no_grad():
+        first = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp", gemm_dtype=torch.bfloat16)[0]
+        w_proj.mul_(-1.0)
+        second = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp", gemm_dtype=torch.bfloat16)[0]
+        fresh = op(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, 3.0, 3.0, False)[0]
+    assert not torch.equal(first, second) and torch.equal(second, fresh)

@@ -22,10 +22,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ... import _ext
 from ..._backend import choose_backend
+from ..bf16_weights import bf16_copy
 from .reference import char_cnn_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -255,7 +255,7 @@ def char_cnn(
                              f"{char_ids.device}); on a GPU cast the model with .to(torch.bfloat16) instead")
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
-        args = args[:4] + ([_bf16(w) for w in hw_w], hw_b, _bf16(proj_weight), proj_bias)
+        args = args[:4] + ([bf16_copy(w) for w in hw_w], hw_b, bf16_copy(proj_weight), proj_bias)
     if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False),
                             variant=gemm_dtype)
@@ -287,19 +287,4 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # CPU GEMMs have no bf16-in/fp32-out form (aten::mm.dtype is CUDA-only): the fp32-accumulated
     # result is rounded to bf16 once, and the bias is added in fp32.
     return torch.mm(x.to(w.dtype), w.t()).float().add_(b)
-
-
-# bf16 copies of fp32 weights for the gemm_dtype option, rebuilt when the weight changes in place
-# (its _version moves); converting the 2048 x 4096 highway weight on every call would cost ~1/4 of
-# what bf16 saves. Weak keys by identity: a dropped model frees its copies.
-_BF16_COPIES = WeakIdKeyDictionary()
-
-
-def _bf16(w: torch.Tensor) -> torch.Tensor:
-    hit = _BF16_COPIES.get(w)
-    if hit is not None and hit[0] == w._version:
-        return hit[1]
-    copy = w.detach().to(torch.bfloat16)
-    _BF16_COPIES[w] = (w._version, copy)
-    return copy
 

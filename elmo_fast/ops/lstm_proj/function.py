@@ -12,6 +12,7 @@ import torch
 
 from ... import _ext
 from ..._backend import choose_backend
+from ..bf16_weights import bf16_copy
 from .reference import lstm_proj_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -152,7 +153,8 @@ def lstm_proj(
             raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
-        return torch.ops.elmo_fast.lstm_proj_fwd_bf16(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse))
+        return torch.ops.elmo_fast.lstm_proj_fwd_bf16(x, lengths, bf16_copy(w_in), bf16_copy(w_rec), bias, bf16_copy(w_proj), h0, c0,
+                                                      cell_clip, proj_clip, bool(reverse))
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), chosen)
     out, h_n, c_n, *_ = _fwd_impl(chosen)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
