@@ -35,10 +35,24 @@ def _device():
     return "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 
 
+@pytest.fixture(params=["time_loop", "step_kernels"])
+def fwd_path(request, monkeypatch):
+    """Both forward paths: the in-kernel time loop (small C x P) and the per-step kernels; the
+    counter proves which one ran."""
+    from elmo_fast.ops.lstm_proj import triton_impl
+
+    calls = []
+    loop = triton_impl._fwd_time_loop
+    monkeypatch.setattr(triton_impl, "_fwd_time_loop", lambda *a: calls.append(1) or loop(*a))
+    monkeypatch.setattr(triton_impl, "TIME_LOOP_MAX_WEIGHTS", 1 << 30 if request.param == "time_loop" else 0)
+    yield request.param
+    assert bool(calls) == (request.param == "time_loop"), "the expected forward path did not run"
+
+
 @here
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
-def test_triton_matches_reference(reverse, clips):
+def test_triton_matches_reference(reverse, clips, fwd_path):
     from tests.ops.test_lstm_proj import make_inputs, run
 
     dev = _device()
@@ -57,7 +71,7 @@ def test_triton_matches_reference(reverse, clips):
 
 
 @here
-def test_triton_no_grad_path():
+def test_triton_no_grad_path(fwd_path):
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
     from tests.ops.test_lstm_proj import make_inputs
 
@@ -69,3 +83,43 @@ def test_triton_no_grad_path():
         out = lstm_proj(x, lengths, *ws, 0.5, 0.3, True, backend="triton")
     for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
         assert_close(name, r, o, **({} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}))
+
+
+@here
+def test_time_loop_several_programs_and_padded_sizes(fwd_path):
+    """B > 16 rows (two programs of the time-loop kernel), C and P not powers of two, unsorted lengths."""
+    from tests.ops.test_lstm_proj import make_inputs, run
+
+    dev = _device()
+    lengths = torch.tensor([3, 7, 1, 7, 0, 5, 2, 6, 4, 7, 1, 3, 5, 6, 2, 7, 4, 3, 1, 6, 5])
+    x, lengths, ws, h0, c0 = make_inputs(B=21, T=7, I=5, C=40, P=20, scale=1.5, lengths=lengths)
+    x, ws, h0, c0 = x.to(dev), [w.to(dev) for w in ws], h0.to(dev), c0.to(dev)
+    grads = [torch.randn(21, 7, 20, device=dev), torch.randn(21, 20, device=dev), torch.randn(21, 40, device=dev)]
+    ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, 1.0, 0.8, True, grads)
+    outs, d = run("triton", x, lengths, ws, h0, c0, 1.0, 0.8, True, grads)
+    tol = {} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}
+    for name, r, o in zip(("out", "h_n", "c_n", "dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0"),
+                          list(ref_outs) + list(ref_d), list(outs) + list(d)):
+        assert_close(name, r, o, **tol)
+
+
+@here
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_2x_of_eager(dtype, fwd_path):
+    """bf16/fp16 weights and activations (fp32 math inside): output error vs the fp32 reference at
+    most 2x that of the eager reference run in the same dtype."""
+    from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
+    from tests.ops.test_lstm_proj import make_inputs
+
+    dev = _device()
+    x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))
+    x, ws, h0, c0 = x.to(dev), [w.to(dev) for w in ws], h0.to(dev), c0.to(dev)
+    ref = lstm_proj_ref(x, lengths, *ws, 0.7, 0.4, False, h0, c0)
+    low_in = (x.to(dtype), [w.to(dtype) for w in ws], h0.to(dtype), c0.to(dtype))
+    low = lstm_proj_ref(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:])
+    with torch.no_grad():
+        out = lstm_proj(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:], backend="triton")
+    for name, r, lo, o in zip(("out", "h_n", "c_n"), ref, low, out):
+        assert o.dtype == dtype
+        err, err_low = (o.float() - r).abs().max().item(), (lo.float() - r).abs().max().item()
+        assert err <= 2 * err_low + 1e-3, f"{name}: {err:.3g} vs eager {dtype} {err_low:.3g}"

@@ -1,5 +1,6 @@
-"""Triton backend of lstm_proj: fused pointwise step kernels (forward and backward) driven by a
-Python time loop whose GEMMs are torch's (cuBLAS on a GPU). Same argument and cache layout as the
+"""Triton backend of lstm_proj. Forward: for small C x P one kernel runs the whole time loop with the
+recurrent weights on chip (`_lstm_proj_fwd_loop_kernel`); otherwise fused pointwise step kernels are
+driven by a Python time loop whose GEMMs are torch's (cuBLAS on a GPU). Backward: the step kernels. Same argument and cache layout as the
 C++ op `elmo_fast::lstm_proj_fwd` / `lstm_proj_bwd` (see csrc/lstm_proj/lstm_proj.h), so
 `LstmProjFunction` drives either.
 
@@ -103,6 +104,151 @@ def _lstm_proj_bwd_step_kernel(
     tl.store(DC + r * C + j, dcn * f, mask=mask)
 
 
+@triton.jit
+def _lstm_proj_fwd_loop_kernel(
+    GX,  # [T, B, 4C] input map x @ w_in^T (sorted rows); post-activations i, f, g, o written back when SAVE
+    LEN,  # [B] int64 lengths, sorted descending
+    WREC,  # [4C, P]
+    BIAS,  # [4C]
+    WPROJ,  # [P, C]
+    H0,  # [B, P] sorted
+    C0,  # [B, C] sorted
+    HRAW,  # [T, B, P] zeros in; projections before the clip out (only active positions written)
+    CRAW,  # [T, B, C] unclipped cell (SAVE)
+    M,  # [T, B, C] o * tanh(clip(c)) (SAVE)
+    HPREV,  # [T, B, P] state entering each step (SAVE)
+    HN,  # [B, P] final projected state out
+    CN,  # [B, C] final (clipped) cell out
+    T,
+    B,
+    C,
+    P,
+    cell_clip,
+    proj_clip,
+    HAS_CCLIP: tl.constexpr,
+    HAS_PCLIP: tl.constexpr,
+    REVERSE: tl.constexpr,
+    SAVE: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The whole time loop in one kernel: each program owns BLOCK_B rows and keeps the recurrent and
+    projection weights and its rows' (h, c) on chip for all T steps -- no launch per step, no state
+    round trip through global memory. Only for small C x P (see TIME_LOOP_MAX_WEIGHTS)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    cc = tl.arange(0, BLOCK_C)
+    cmask = cc < C
+    pp = tl.arange(0, BLOCK_P)
+    pmask = pp < P
+    lens = tl.load(LEN + rows, mask=rmask, other=0)
+    # w_rec^T gate blocks [P, C] and w_proj^T [C, P]; padded entries are 0, which keeps padded
+    # columns of c, m and h at exactly 0 through every step.
+    # Weights go to fp32 on chip: bf16/fp16 values are exact in tf32, so the TF32 dot below loses
+    # nothing on them (the Triton interpreter also miscomputes bf16 dots, which this avoids).
+    wmask = pmask[:, None] & cmask[None, :]
+    wi = tl.load(WREC + (0 * C + cc[None, :]) * P + pp[:, None], mask=wmask, other=0.0).to(tl.float32)
+    wf = tl.load(WREC + (1 * C + cc[None, :]) * P + pp[:, None], mask=wmask, other=0.0).to(tl.float32)
+    wg = tl.load(WREC + (2 * C + cc[None, :]) * P + pp[:, None], mask=wmask, other=0.0).to(tl.float32)
+    wo = tl.load(WREC + (3 * C + cc[None, :]) * P + pp[:, None], mask=wmask, other=0.0).to(tl.float32)
+    wp = tl.load(WPROJ + pp[None, :] * C + cc[:, None], mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+    bi = tl.load(BIAS + 0 * C + cc, mask=cmask, other=0.0).to(tl.float32)
+    bf = tl.load(BIAS + 1 * C + cc, mask=cmask, other=0.0).to(tl.float32)
+    bg = tl.load(BIAS + 2 * C + cc, mask=cmask, other=0.0).to(tl.float32)
+    bo = tl.load(BIAS + 3 * C + cc, mask=cmask, other=0.0).to(tl.float32)
+    rc_mask = rmask[:, None] & cmask[None, :]
+    rp_mask = rmask[:, None] & pmask[None, :]
+    h = tl.load(H0 + rows[:, None] * P + pp[None, :], mask=rp_mask, other=0.0).to(tl.float32)
+    c = tl.load(C0 + rows[:, None] * C + cc[None, :], mask=rc_mask, other=0.0).to(tl.float32)
+    for s in range(0, T):
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        act = rmask & (t < lens)
+        ac = act[:, None] & cmask[None, :]
+        ap = act[:, None] & pmask[None, :]
+        g_ptr = GX + (t * B + rows[:, None]).to(tl.int64) * 4 * C + cc[None, :]
+        if IEEE:  # fp32 weights: no TF32 rounding, so the result matches the reference
+            ri = tl.dot(h, wi, input_precision="ieee")
+            rf = tl.dot(h, wf, input_precision="ieee")
+            rg = tl.dot(h, wg, input_precision="ieee")
+            ro = tl.dot(h, wo, input_precision="ieee")
+        else:
+            ri = tl.dot(h, wi, input_precision="tf32")
+            rf = tl.dot(h, wf, input_precision="tf32")
+            rg = tl.dot(h, wg, input_precision="tf32")
+            ro = tl.dot(h, wo, input_precision="tf32")
+        i = tl.sigmoid(tl.load(g_ptr, mask=ac, other=0.0).to(tl.float32) + ri + bi[None, :])
+        f = tl.sigmoid(tl.load(g_ptr + C, mask=ac, other=0.0).to(tl.float32) + rf + bf[None, :])
+        g = _tanh(tl.load(g_ptr + 2 * C, mask=ac, other=0.0).to(tl.float32) + rg + bg[None, :])
+        o = tl.sigmoid(tl.load(g_ptr + 3 * C, mask=ac, other=0.0).to(tl.float32) + ro + bo[None, :])
+        cn = i * g + f * c
+        ccl = cn
+        if HAS_CCLIP:
+            ccl = tl.minimum(tl.maximum(cn, -cell_clip), cell_clip)
+        m = o * _tanh(ccl)
+        if IEEE:
+            hr = tl.dot(m, wp, input_precision="ieee")
+        else:
+            hr = tl.dot(m, wp, input_precision="tf32")
+        hcl = hr
+        if HAS_PCLIP:
+            hcl = tl.minimum(tl.maximum(hr, -proj_clip), proj_clip)
+        tp = (t * B + rows[:, None]).to(tl.int64)
+        tl.store(HRAW + tp * P + pp[None, :], hr, mask=ap)
+        if SAVE:
+            tl.store(g_ptr, i, mask=ac)
+            tl.store(g_ptr + C, f, mask=ac)
+            tl.store(g_ptr + 2 * C, g, mask=ac)
+            tl.store(g_ptr + 3 * C, o, mask=ac)
+            tl.store(CRAW + tp * C + cc[None, :], cn, mask=ac)
+            tl.store(M + tp * C + cc[None, :], m, mask=ac)
+            tl.store(HPREV + tp * P + pp[None, :], h, mask=ap)
+        c = tl.where(ac, ccl, c)
+        h = tl.where(ap, hcl, h)
+    tl.store(HN + rows[:, None] * P + pp[None, :], h, mask=rp_mask)
+    tl.store(CN + rows[:, None] * C + cc[None, :], c, mask=rc_mask)
+
+
+#: The in-kernel time loop is used when padded C x P is at most this (the 4 gate blocks of w_rec and
+#: w_proj, 5 x C x P values, then stay on chip); larger models use the per-step kernels with cuBLAS GEMMs.
+TIME_LOOP_MAX_WEIGHTS = 64 * 64
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
+
+
+def _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse,
+                   save_cache):
+    T, B, _ = gates.shape
+    C4, P = w_rec.shape
+    C = C4 // 4
+    h0s = h0.index_select(0, perm).contiguous()
+    c0s = c0.index_select(0, perm).contiguous()
+    h_raw = x.new_zeros(T, B, P)
+    if save_cache:
+        c_raw, m, h_prev = x.new_zeros(T, B, C), x.new_zeros(T, B, C), x.new_zeros(T, B, P)
+    else:
+        c_raw = m = h_prev = x.new_empty(1)
+    h_n, c_n = torch.empty_like(h0s), torch.empty_like(c0s)
+    block_b = 16
+    _lstm_proj_fwd_loop_kernel[(triton.cdiv(B, block_b),)](
+        gates, sorted_len, w_rec, bias, w_proj, h0s, c0s, h_raw, c_raw, m, h_prev, h_n, c_n, T, B, C, P,
+        float(cell_clip), float(proj_clip), HAS_CCLIP=cell_clip > 0, HAS_PCLIP=proj_clip > 0, REVERSE=bool(reverse),
+        SAVE=bool(save_cache), IEEE=w_rec.dtype == torch.float32, BLOCK_B=block_b, BLOCK_C=_pow2(C), BLOCK_P=_pow2(P),
+        num_warps=4)
+    out = h_raw.clamp(-proj_clip, proj_clip) if proj_clip > 0 else h_raw
+    out = out.transpose(0, 1).index_select(0, inv)
+    h_n, c_n = h_n.index_select(0, inv), c_n.index_select(0, inv)
+    if not save_cache:
+        return (out, h_n, c_n, *(x.new_empty(0) for _ in range(5)))
+    return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
+
+
 def _block(C: int) -> int:
     return min(1024, triton.next_power_of_2(max(C, 16)))
 
@@ -123,10 +269,13 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
     B, T, I = x.shape
     C4, P = w_rec.shape
     C = C4 // 4
-    perm, inv, _, active = _plan(lengths, T, x.device)
+    perm, inv, sorted_len, active = _plan(lengths, T, x.device)
     x, w_in, w_rec, bias, w_proj = (t.contiguous() for t in (x, w_in, w_rec, bias, w_proj))
     xs = x.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, I]
     gates = (xs.view(T * B, I) @ w_in.t()).view(T, B, C4)  # one GEMM for every step's input map
+    if _pow2(C) * _pow2(P) <= TIME_LOOP_MAX_WEIGHTS and B > 0 and T > 0:
+        return _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip,
+                              reverse, save_cache)
     h = h0.index_select(0, perm).contiguous()
     c = c0.index_select(0, perm).contiguous()
     h_raw = x.new_zeros(T, B, P)
