@@ -65,3 +65,28 @@ def test_two_gloo_processes_equal_one(tmp_path, tiny_text):
     for k, v in s1["model"].items():
         assert_close(k, v, s2["model"][k], atol=1e-4, rtol=1e-3)
     assert len(s2["ranks"]) == 2  # each rank's data position and LSTM state is in the checkpoint
+
+
+def test_torchrun_cli(tmp_path, tiny_text):
+    """The documented launch: `torchrun --nproc-per-node 2 -m elmo_fast.cli pretrain ...` (gloo on CPU)
+    writes one exported ELMo from rank 0 that loads back."""
+    import json
+    import subprocess
+    import sys
+
+    from elmo_fast import Elmo, batch_to_ids
+    from elmo_fast.options import save_options
+
+    save_options(small_options(), tmp_path / "options.json")
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "elmo_fast.cli",
+           "pretrain", "--train", tiny_text, "--valid", tiny_text, "--config", str(tmp_path / "options.json"), "--out", str(out),
+           "--max-steps", "3", "--batch-size", "2", "--device", "cpu", "--n-negative", "16", "--eval-every", "0", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 3
+    assert "validation perplexity" in proc.stdout
+    elmo = Elmo(str(out / "options.json"), str(out / "weights.hdf5"), 1, dropout=0.0)
+    assert elmo(batch_to_ids([["w1", "the", "w2"]]))["elmo_representations"][0].shape == (1, 3, 2 * small_options()["lstm"]["projection_dim"])
