@@ -1,7 +1,7 @@
 """Character encoder: fused op (dedup + C++/CUDA/Triton kernel + ATen highway/projection) vs the
 eager reference `char_cnn_ref`, side by side in one run.
 
-Grid: provider (eager, fast) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
+Grid: provider (eager, fast, and on the CPU fast-bf16: `gemm_dtype=torch.bfloat16`, forward) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
 text, random unique words: separates dedup from kernel speed) x shape (32x20, 64x40) x threads
 (1, 2; CPU only). Each record carries tokens/s and the achieved FLOP/s counted with the eager
 reference's operation count (so 'fast' above the hardware peak means work avoided, not faster
@@ -31,7 +31,7 @@ def eager_flops(opts: dict, n_tokens: int, backward: bool) -> float:
     return (conv + dense) * n_tokens * (3 if backward else 1)
 
 
-@pytest.mark.parametrize("provider", ["eager", "fast"])  # top decorator varies fastest: eager and fast adjacent
+@pytest.mark.parametrize("provider", ["eager", "fast", "fast-bf16"])  # top decorator varies fastest: providers adjacent
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -41,6 +41,8 @@ def eager_flops(opts: dict, n_tokens: int, backward: bool) -> float:
 def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, threads):
     if device == "cuda" and threads == 2:
         pytest.skip("thread count only matters on the CPU")
+    if provider == "fast-bf16" and (device != "cpu" or mode != "fwd"):
+        pytest.skip("the bf16-GEMM option is CPU inference")
     opts = options(preset)
     enc = ElmoCharacterEncoder(opts).to(device)
     batch = real_text_batch(*shape) if data == "real" else unique_words_batch(*shape)
@@ -59,7 +61,12 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         enc._projection.bias,
         opts["char_cnn"]["activation"],
     )
-    fn = (lambda: char_cnn_ref(*args)) if provider == "eager" else (lambda: char_cnn(*args))
+    fn = {"eager": lambda: char_cnn_ref(*args), "fast": lambda: char_cnn(*args),
+          "fast-bf16": lambda: char_cnn(*args, gemm_dtype=torch.bfloat16)}[provider]
+    if provider == "fast-bf16":
+        with torch.no_grad():
+            ref, out = char_cnn(*args), fn()
+        benchmark.extra_info["rel_rms_err_vs_fp32"] = ((out - ref).pow(2).mean() / ref.pow(2).mean()).sqrt().item()
     backward = mode == "fwd_bwd"
     grad = torch.randn(ids.shape[0], opts["lstm"]["projection_dim"], device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
