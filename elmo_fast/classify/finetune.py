@@ -67,10 +67,6 @@ def predict_documents(bilm, head, docs: list[Document], batch_size: int = 64) ->
     return out
 
 
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
-
-
 def finetune(bilm, head, train_docs: list[Document], y_train: np.ndarray, valid_docs: list[Document], y_valid: np.ndarray,
              *, epochs: int = 3, lr_bilm: float = 1e-4, lr_head: float = 5e-4, weight_decay: float = 1e-2,
              batch_size: int = 16, patience: int = 2, seed: int = 0, progress: bool = True, log=print) -> dict:
@@ -80,6 +76,8 @@ def finetune(bilm, head, train_docs: list[Document], y_train: np.ndarray, valid_
     'history', 'seconds', 'tokens_per_s'}.
     """
     from tqdm.auto import tqdm
+
+    from .train import _log_loss
 
     if len(train_docs) != len(y_train) or len(valid_docs) != len(y_valid):
         raise ValueError("documents and labels differ in length")

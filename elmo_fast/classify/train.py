@@ -135,7 +135,9 @@ def bow_probabilities(train: LabeledTexts, *others: LabeledTexts, C: float = 10.
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y, p, labels=np.arange(p.shape[1])))
 
 
 def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
