@@ -10,8 +10,21 @@
 //   -> features      [N, F]  activation(max_p conv_i(x)[p] + b_i), filters concatenated in order
 //   -> argmax  int32 [N, F]  the position p that won the max; backward routes gradients through it
 //
-// The per-position conv outputs ([N, F, W - w + 1]) are never materialised: each micro-tile of
-// 6 windows x 16 filters lives in registers and is folded into a running max at once.
+// Character-table formulation. The input of every conv is an embedding row per character, and a
+// batch only ever holds a few dozen distinct characters (<= V = 262). A window's conv value is a
+// sum of one contribution per tap,
+//   conv_i(x)[p, f] = sum_{j < w_i} T[ids[p + j], col_i(j, f)],   T = emb[present] @ Wcat,
+// where Wcat [E, sum_i w_i Fp_i] holds each filter's tap j as a column (col_i(j, f) = base_i + j Fp_i + f,
+// Fp_i = F_i rounded up to a vector tile). Building T is one small GEMM (V' x E x sum_i w_i F_i, V'
+// distinct characters); evaluating a window is then w_i vector loads and adds per filter instead of
+// w_i * E multiply-adds, i.e. E (16 for the published models) times fewer operations, and the max
+// over positions is folded in registers as each window is summed. The per-position conv outputs
+// ([N, F, W - w + 1]) are never written. The sums are the same products added in another order, so
+// results equal the direct convolution to fp32 rounding.
+//
+// Backward is the transpose of the same factorisation: each (token, filter) adds its gradient to the
+// table cells of its winning window's characters (dT), then d_embedding = dT @ Wcat^T and
+// d_Wcat = emb[present]^T @ dT are two small GEMMs.
 //
 // Trailing-run shortcut (exact, not an approximation): a token is a few real characters followed by
 // one id repeated to the end (padding char 261, or 0 for an all-padding token). Every window that
@@ -24,21 +37,20 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace elmo_fast {
 namespace {
 
-constexpr int64_t kFB = 16;  // filters per micro-tile: two AVX2 vectors of fp32
-constexpr int kPB = 6;       // windows per micro-tile (6 x 2 accumulators + 2 weight vectors: 14 of 16 ymm)
-constexpr int64_t kTB = 32;  // tokens per work unit
+constexpr int64_t kFB = 32;  // filters per register tile: four AVX2 vectors of fp32 (window sum, max, argmax)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // First position of the trailing run of one repeated id (0 for an all-padding token).
-inline int64_t tail_start(const int64_t* ids, int64_t W) {
+template <typename Id>
+inline int64_t tail_start(const Id* ids, int64_t W) {
   int64_t L = W - 1;
   while (L > 0 && ids[L - 1] == ids[W - 1]) --L;
   return L;
@@ -74,126 +86,138 @@ void check_inputs(const at::Tensor& char_ids, const at::Tensor& embedding, at::T
   }
 }
 
-// [F_i, E, w] -> [w * E, Fp] (k = j * E + e, filters zero-padded to a multiple of kFB), so a window
-// of w gathered embedding rows (contiguous, w * E values) times this matrix is the conv at one position.
-at::Tensor pack_forward(const at::Tensor& w) {
-  const int64_t Fi = w.size(0), E = w.size(1), width = w.size(2);
-  auto packed = at::zeros({width * E, round_up(Fi, kFB)}, w.options());
-  packed.narrow(1, 0, Fi).copy_(w.permute({2, 1, 0}).reshape({width * E, Fi}));
-  return packed;
+// One filter width's place in the output and in the character table. The table of a width is
+// tile-major, [tiles][V'][w][kFB]: everything one register tile of filters reads (V' chars x w taps
+// x 32 filters, ~70 KB for the published width 7) is contiguous, so it stays in L2 and the TLB while
+// a block of tokens streams over it (a [V', sum_i w_i F_i] row-major table put the rows of
+// different characters 49 KB apart and measured 4x slower).
+struct Group {
+  int64_t width, count, tiles, out;  // w_i, F_i, ceil(F_i / kFB), first feature column
+  int64_t base = 0;                  // first element of this width's table (depends on V')
+};
+
+// The characters of a batch, renumbered densely: `present` [V'] lists the ids that occur,
+// `compact` [N, W] int32 holds each id's index in it.
+struct Chars {
+  at::Tensor present;
+  std::vector<int32_t> compact;
+};
+
+Chars compact_chars(const at::Tensor& char_ids, int64_t V) {
+  const int64_t n = char_ids.numel();
+  const int64_t* ids = char_ids.data_ptr<int64_t>();
+  std::vector<int32_t> slot(V, -1);
+  std::vector<int64_t> present;
+  Chars chars;
+  chars.compact.resize(n);
+  for (int64_t k = 0; k < n; ++k) {
+    int32_t& s = slot[ids[k]];
+    if (s < 0) {
+      s = static_cast<int32_t>(present.size());
+      present.push_back(ids[k]);
+    }
+    chars.compact[k] = s;
+  }
+  chars.present = at::from_blob(present.data(), {static_cast<int64_t>(present.size())}, at::kLong).clone();
+  return chars;
+}
+
+// Per width, the taps as [tiles, E, w * kFB]: taps[q, e, j * kFB + l] = weight[q * kFB + l, e, j] (0 past F_i).
+std::vector<at::Tensor> pack_taps(at::TensorList weights, std::vector<Group>& groups) {
+  std::vector<at::Tensor> taps;
+  groups.clear();
+  int64_t out = 0;
+  for (const auto& w : weights) {
+    const int64_t Fi = w.size(0), E = w.size(1), width = w.size(2), tiles = (Fi + kFB - 1) / kFB;
+    groups.push_back({width, Fi, tiles, out});
+    out += Fi;
+    auto padded = at::zeros({tiles * kFB, E, width}, w.options());
+    padded.narrow(0, 0, Fi).copy_(w);
+    taps.push_back(padded.view({tiles, kFB, E, width}).permute({0, 2, 3, 1}).reshape({tiles, E, width * kFB}));
+  }
+  return taps;
+}
+
+// Sets each group's base for V' characters; returns the total table size in elements.
+int64_t place_groups(std::vector<Group>& groups, int64_t n_chars) {
+  int64_t total = 0;
+  for (Group& g : groups) {
+    g.base = total;
+    total += g.tiles * n_chars * g.width * kFB;
+  }
+  return total;
+}
+
+// View of one width's part of a flat table (or of its gradient) as [tiles, V', w * kFB].
+at::Tensor group_view(const at::Tensor& flat, const Group& g, int64_t n_chars) {
+  return flat.narrow(0, g.base, g.tiles * n_chars * g.width * kFB).view({g.tiles, n_chars, g.width * kFB});
 }
 
 template <typename scalar_t>
-void forward_kernel(const at::Tensor& char_ids, const at::Tensor& embedding, const std::vector<at::Tensor>& packed,
-                    at::TensorList biases, bool relu, at::Tensor& features, at::Tensor& argmax) {
+void forward_kernel(const int32_t* cids, int64_t N, int64_t W, const scalar_t* table, int64_t n_chars,
+                    const std::vector<Group>& groups, const std::vector<const scalar_t*>& bias, bool relu,
+                    scalar_t* out, int32_t* amax, int64_t F) {
   // GCC/Clang vector extension: 32 bytes = one AVX2 register (plain SSE/NEON code elsewhere).
   typedef scalar_t Vec __attribute__((vector_size(32)));
   using Idx = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;  // lane-matched compare masks
   typedef Idx IVec __attribute__((vector_size(32)));
   constexpr int kLanes = 32 / sizeof(scalar_t);
   constexpr int kNV = kFB / kLanes;
-  const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1), F = features.size(1);
-  const int64_t n_filters = static_cast<int64_t>(packed.size());
-  int64_t max_width = 1;
-  std::vector<int64_t> widths, counts, offsets;
-  std::vector<const scalar_t*> wptr, bptr;
-  int64_t off = 0;
-  for (int64_t i = 0; i < n_filters; ++i) {
-    widths.push_back(packed[i].size(0) / E);
-    counts.push_back(biases[i].size(0));
-    offsets.push_back(off);
-    off += biases[i].size(0);
-    max_width = std::max(max_width, widths.back());
-    wptr.push_back(packed[i].data_ptr<scalar_t>());
-    bptr.push_back(biases[i].data_ptr<scalar_t>());
-  }
-  const int64_t* ids = char_ids.data_ptr<int64_t>();
-  const scalar_t* emb = embedding.data_ptr<scalar_t>();
-  scalar_t* out = features.data_ptr<scalar_t>();
-  int32_t* amax = argmax.data_ptr<int32_t>();
-
-  // Work unit: a block of kTB tokens. Their embeddings are gathered once; then, per filter width,
-  // every window that must be evaluated (positions 0..min(L, W - w) of each token) goes into one row
-  // list, and each 16-filter weight panel (w * E * 16 values, in L1) is streamed over all rows in
-  // tiles of kPB rows that may span token boundaries, so no tile is half empty.
-  const int64_t xrows = W + max_width;  // rows past W stay zero; only the padding tile row reads them
-  at::parallel_for(0, (N + kTB - 1) / kTB, 1, [&](int64_t blk_begin, int64_t blk_end) {
-    std::vector<scalar_t> xbuf((kTB * xrows + max_width) * E, scalar_t(0));
-    const scalar_t* zero_row = xbuf.data() + kTB * xrows * E;
-    std::vector<int64_t> tails(kTB);
-    std::vector<const scalar_t*> row_ptr;
-    std::vector<int32_t> row_tok, row_pos;
-    std::vector<scalar_t> best(kTB * kFB);
-    std::vector<Idx> best_at(kTB * kFB);
+  // Token blocks: each (width, filter tile) slice of the table is reused by all tokens of a block
+  // while it sits in L2; a few blocks per thread balance the load.
+  const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t tb = std::min<int64_t>(128, std::max<int64_t>(8, N / (4 * n_threads)));
+  at::parallel_for(0, (N + tb - 1) / tb, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    std::vector<int64_t> tails(tb);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-      const int64_t n0 = blk * kTB, nt = std::min(kTB, N - n0);
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t* tok = ids + (n0 + t) * W;
-        for (int64_t p = 0; p < W; ++p) std::copy_n(emb + tok[p] * E, E, xbuf.data() + (t * xrows + p) * E);
-        tails[t] = tail_start(tok, W);
-      }
-      for (int64_t i = 0; i < n_filters; ++i) {
-        const int64_t width = widths[i], Fi = counts[i], Fp = round_up(Fi, kFB), K = width * E;
-        row_ptr.clear();
-        row_tok.clear();
-        row_pos.clear();
-        for (int64_t t = 0; t < nt; ++t) {
-          const int64_t n_pos = std::min(tails[t], W - width) + 1;  // positions 0..min(L, W - w)
-          for (int64_t p = 0; p < n_pos; ++p) {
-            row_ptr.push_back(xbuf.data() + (t * xrows + p) * E);
-            row_tok.push_back(static_cast<int32_t>(t));
-            row_pos.push_back(static_cast<int32_t>(p));
-          }
-        }
-        const int64_t n_rows = static_cast<int64_t>(row_ptr.size());
-        while (row_ptr.size() % kPB) row_ptr.push_back(zero_row);
-        const scalar_t* __restrict wi = wptr[i];
-        for (int64_t f0 = 0; f0 < Fp; f0 += kFB) {
-          std::fill(best.begin(), best.end(), -std::numeric_limits<scalar_t>::infinity());
-          std::fill(best_at.begin(), best_at.end(), Idx(0));
-          for (int64_t r0 = 0; r0 < n_rows; r0 += kPB) {
-            // Register tile: kPB windows x kFB filters, one broadcast-FMA per (window, vector).
-            Vec acc[kPB][kNV] = {};
-            const scalar_t* __restrict x[kPB];
-            for (int r = 0; r < kPB; ++r) x[r] = row_ptr[r0 + r];
-            for (int64_t k = 0; k < K; ++k) {
-              const scalar_t* __restrict wk = wi + k * Fp + f0;
-              Vec wv[kNV];
-              for (int u = 0; u < kNV; ++u) std::memcpy(&wv[u], wk + u * kLanes, sizeof(Vec));
-              for (int r = 0; r < kPB; ++r) {
-                const Vec xv = Vec{} + x[r][k];
-                for (int u = 0; u < kNV; ++u) acc[r][u] += xv * wv[u];
-              }
-            }
-            const int64_t rows = std::min<int64_t>(kPB, n_rows - r0);
-            // Branch-free vector fold into each token's running max (a scalar compare-and-branch
-            // per value cost about a third of the tile's time).
-            for (int64_t r = 0; r < rows; ++r) {
-              scalar_t* bt = best.data() + row_tok[r0 + r] * kFB;
-              Idx* at = best_at.data() + row_tok[r0 + r] * kFB;
-              const IVec pos = IVec{} + static_cast<Idx>(row_pos[r0 + r]);
-              for (int u = 0; u < kNV; ++u) {
-                Vec b;
-                IVec a;
-                std::memcpy(&b, bt + u * kLanes, sizeof(Vec));
-                std::memcpy(&a, at + u * kLanes, sizeof(IVec));
-                const IVec better = acc[r][u] > b;  // strict, rows in position order: the first maximum wins
-                b = better ? acc[r][u] : b;
-                a = better ? pos : a;
-                std::memcpy(bt + u * kLanes, &b, sizeof(Vec));
-                std::memcpy(at + u * kLanes, &a, sizeof(IVec));
-              }
-            }
-          }
-          const int64_t valid = std::min(kFB, Fi - f0);
+      const int64_t n0 = blk * tb, nt = std::min(tb, N - n0);
+      for (int64_t t = 0; t < nt; ++t) tails[t] = tail_start(cids + (n0 + t) * W, W);
+      for (size_t gi = 0; gi < groups.size(); ++gi) {
+        const Group& g = groups[gi];
+        const int64_t row = g.width * kFB;  // elements per character in a tile's slice
+        for (int64_t q = 0; q < g.tiles; ++q) {
+          const scalar_t* __restrict slice = table + g.base + q * n_chars * row;
+          const int64_t f0 = q * kFB, valid = std::min(kFB, g.count - f0);
           for (int64_t t = 0; t < nt; ++t) {
-            scalar_t* o = out + (n0 + t) * F + offsets[i] + f0;
-            int32_t* a = amax + (n0 + t) * F + offsets[i] + f0;
+            const int32_t* c = cids + (n0 + t) * W;
+            const int64_t n_pos = std::min(tails[t], W - g.width) + 1;  // positions 0..min(L, W - w)
+            Vec best[kNV];
+            IVec best_at[kNV];
+            for (int u = 0; u < kNV; ++u) {
+              best[u] = Vec{} - std::numeric_limits<scalar_t>::infinity();
+              best_at[u] = IVec{};
+            }
+            for (int64_t p = 0; p < n_pos; ++p) {
+              // Starting from zero, not from a memcpy of the first tap: gcc turns that copy into
+              // 16-byte stores reread as 32-byte vectors, a store-forwarding stall that measured 40%
+              // of the kernel.
+              Vec acc[kNV] = {};
+              for (int64_t j = 0; j < g.width; ++j) {
+                const scalar_t* tap = slice + c[p + j] * row + j * kFB;
+                for (int u = 0; u < kNV; ++u) {
+                  Vec v;
+                  std::memcpy(&v, tap + u * kLanes, sizeof(Vec));
+                  acc[u] += v;
+                }
+              }
+              const IVec pos = IVec{} + static_cast<Idx>(p);
+              for (int u = 0; u < kNV; ++u) {
+                const IVec better = acc[u] > best[u];  // strict, positions in order: the first maximum wins
+                best[u] = better ? acc[u] : best[u];
+                best_at[u] = better ? pos : best_at[u];
+              }
+            }
+            scalar_t b[kFB];
+            Idx a[kFB];
+            std::memcpy(b, best, sizeof b);
+            std::memcpy(a, best_at, sizeof a);
+            scalar_t* o = out + (n0 + t) * F + g.out + f0;
+            int32_t* am = amax + (n0 + t) * F + g.out + f0;
             for (int64_t v = 0; v < valid; ++v) {
               // The bias is the same at every position, so adding it after the max is exact.
-              const scalar_t pre = best[t * kFB + v] + bptr[i][f0 + v];
+              const scalar_t pre = b[v] + bias[gi][f0 + v];
               o[v] = relu ? std::max(pre, scalar_t(0)) : std::tanh(pre);
-              a[v] = static_cast<int32_t>(best_at[t * kFB + v]);
+              am[v] = static_cast<int32_t>(a[v]);
             }
           }
         }
@@ -215,91 +239,58 @@ std::tuple<at::Tensor, at::Tensor> char_cnn_conv_max(const at::Tensor& char_ids,
   check_inputs(char_ids, embedding, weights, biases);
   int64_t F = 0;
   for (const auto& b : biases) F += b.size(0);
-  const int64_t N = char_ids.size(0);
+  const int64_t N = char_ids.size(0), W = char_ids.size(1);
   auto features = at::empty({N, F}, embedding.options());
   auto argmax = at::empty({N, F}, embedding.options().dtype(at::kInt));
   if (N == 0) return {features, argmax};
-  std::vector<at::Tensor> packed, bias_c;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    packed.push_back(pack_forward(weights[i]));
-    bias_c.push_back(biases[i].contiguous());
-  }
   auto ids = char_ids.contiguous();
-  auto emb = embedding.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(emb.scalar_type(), "char_cnn_conv_max", [&] {
-    forward_kernel<scalar_t>(ids, emb, packed, bias_c, relu, features, argmax);
+  Chars chars = compact_chars(ids, embedding.size(0));
+  const int64_t n_chars = chars.present.size(0);
+  std::vector<Group> groups;
+  auto taps = pack_taps(weights, groups);
+  auto table = at::empty({place_groups(groups, n_chars)}, embedding.options());
+  auto emb_c = embedding.index_select(0, chars.present);  // [V', E]
+  for (size_t i = 0; i < groups.size(); ++i) {
+    auto view = group_view(table, groups[i], n_chars);
+    at::bmm_out(view, emb_c.expand({groups[i].tiles, n_chars, emb_c.size(1)}), taps[i]);
+  }
+  std::vector<at::Tensor> bias_c;
+  for (const auto& b : biases) bias_c.push_back(b.contiguous());
+  AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "char_cnn_conv_max", [&] {
+    std::vector<const scalar_t*> bias;
+    for (const auto& b : bias_c) bias.push_back(b.data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(chars.compact.data(), N, W, table.data_ptr<scalar_t>(), n_chars, groups, bias, relu,
+                             features.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>(), F);
   });
   return {features, argmax};
 }
 
-// Backward. Only the winning position of each (token, filter) carries gradient:
-//   d_pre[n, f]                     = grad[n, f] * act'(features[n, f])
-//   d_bias[f]                       = sum_n d_pre[n, f]
-//   d_weight[f, e, j]               = sum_n d_pre[n, f] * emb[ids[n, a + j], e]        (a = argmax[n, f])
-//   d_embedding[ids[n, a + j], e]  += d_pre[n, f] * weight[f, e, j]
-// d_weight is parallel over filters (each thread owns its rows); d_embedding is parallel over
-// tokens with one [V, E] accumulator per thread, summed at the end (many tokens share char ids).
+// Backward. Only the winning window of each (token, filter) carries gradient:
+//   d_pre[n, f]                   = grad[n, f] * act'(features[n, f])
+//   d_bias[f]                     = sum_n d_pre[n, f]
+//   dT[tile(f), ids[n, a + j], j, lane(f)] += d_pre[n, f]      for every tap j (a = argmax[n, f])
+//   d_embedding[present] = sum_tiles dT @ taps^T,   d_taps = emb[present]^T @ dT   (batched over tiles)
+// The scatter is parallel over filter tiles: each thread owns its table cells.
 template <typename scalar_t>
-void backward_kernel(const at::Tensor& dpre_t /*[F, N]*/, const at::Tensor& argmax_t /*[F, N]*/,
-                     const at::Tensor& dpre /*[N, F]*/, const at::Tensor& argmax /*[N, F]*/, const at::Tensor& ids_t,
-                     const at::Tensor& embedding, const std::vector<at::Tensor>& wt /*[F_i, w, E]*/,
-                     std::vector<at::Tensor>& grad_wt /*[F_i, w, E]*/, at::Tensor& grad_emb_threads /*[T, V, E]*/) {
-  const int64_t N = ids_t.size(0), W = ids_t.size(1), E = embedding.size(1), V = embedding.size(0);
-  const int64_t F = dpre.size(1);
-  const int64_t n_filters = static_cast<int64_t>(wt.size());
-  std::vector<int64_t> filter_of(F), local_of(F), width_of(n_filters);
-  for (int64_t i = 0, f = 0; i < n_filters; ++i) {
-    width_of[i] = wt[i].size(1);
-    for (int64_t l = 0; l < wt[i].size(0); ++l, ++f) {
-      filter_of[f] = i;
-      local_of[f] = l;
-    }
-  }
-  const int64_t* ids = ids_t.data_ptr<int64_t>();
-  const scalar_t* emb = embedding.data_ptr<scalar_t>();
-
-  const scalar_t* dT = dpre_t.data_ptr<scalar_t>();
-  const int32_t* aT = argmax_t.data_ptr<int32_t>();
-  at::parallel_for(0, F, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t f = begin; f < end; ++f) {
-      const int64_t i = filter_of[f], width = width_of[i];
-      scalar_t* __restrict g = grad_wt[i].data_ptr<scalar_t>() + local_of[f] * width * E;
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t d = dT[f * N + n];
-        if (d == scalar_t(0)) continue;  // relu-inactive filters: about half of them
-        const int64_t* tok = ids + n * W + aT[f * N + n];
-        for (int64_t j = 0; j < width; ++j) {
-          const scalar_t* __restrict row = emb + tok[j] * E;
-          for (int64_t e = 0; e < E; ++e) g[j * E + e] += d * row[e];
+void backward_scatter(const scalar_t* dpre_t /*[F, N]*/, const int32_t* argmax_t /*[F, N]*/, const int32_t* cids,
+                      int64_t N, int64_t W, const std::vector<Group>& groups, int64_t n_chars, scalar_t* dT) {
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // (group, tile)
+  for (size_t gi = 0; gi < groups.size(); ++gi)
+    for (int64_t q = 0; q < groups[gi].tiles; ++q) tiles.emplace_back(static_cast<int64_t>(gi), q);
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const Group& g = groups[tiles[k].first];
+      const int64_t q = tiles[k].second, row = g.width * kFB;
+      scalar_t* slice = dT + g.base + q * n_chars * row;
+      for (int64_t l = 0; l < std::min(kFB, g.count - q * kFB); ++l) {
+        const int64_t f = g.out + q * kFB + l;
+        const scalar_t* d = dpre_t + f * N;
+        const int32_t* a = argmax_t + f * N;
+        for (int64_t n = 0; n < N; ++n) {
+          if (d[n] == scalar_t(0)) continue;  // relu-inactive filters: about half of them
+          const int32_t* c = cids + n * W + a[n];
+          for (int64_t j = 0; j < g.width; ++j) slice[c[j] * row + j * kFB + l] += d[n];
         }
-      }
-    }
-  });
-
-  const scalar_t* d = dpre.data_ptr<scalar_t>();
-  const int32_t* a = argmax.data_ptr<int32_t>();
-  scalar_t* gall = grad_emb_threads.data_ptr<scalar_t>();
-  const int64_t n_threads = grad_emb_threads.size(0);
-  std::vector<const scalar_t*> wptr;
-  for (const auto& w : wt) wptr.push_back(w.data_ptr<scalar_t>());
-  at::parallel_for(0, N, 8, [&](int64_t begin, int64_t end) {
-    const int64_t t = std::min<int64_t>(at::get_thread_num(), n_threads - 1);
-    scalar_t* __restrict gemb = gall + t * V * E;
-    std::vector<scalar_t> dx(W * E);
-    for (int64_t n = begin; n < end; ++n) {
-      std::fill(dx.begin(), dx.end(), scalar_t(0));
-      for (int64_t f = 0; f < F; ++f) {
-        const scalar_t df = d[n * F + f];
-        if (df == scalar_t(0)) continue;
-        const int64_t i = filter_of[f], width = width_of[i];
-        const scalar_t* __restrict w = wptr[i] + local_of[f] * width * E;
-        scalar_t* __restrict x = dx.data() + a[n * F + f] * E;
-        for (int64_t k = 0; k < width * E; ++k) x[k] += df * w[k];
-      }
-      const int64_t* tok = ids + n * W;
-      for (int64_t p = 0; p < W; ++p) {
-        scalar_t* __restrict row = gemb + tok[p] * E;
-        for (int64_t e = 0; e < E; ++e) row[e] += dx[p * E + e];
       }
     }
   });
@@ -316,29 +307,46 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> char_cn
               features.sizes(), argmax.sizes());
   auto dpre = relu ? grad * (features > 0).to(grad.scalar_type()) : grad * (1 - features * features);
   dpre = dpre.to(embedding.scalar_type()).contiguous();
-  auto am = argmax.contiguous();
-  std::vector<at::Tensor> wt, grad_wt, grad_b;
+  const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1);
+  std::vector<at::Tensor> grad_b;
   int64_t off = 0;
   for (const auto& w : weights) {
-    wt.push_back(w.permute({0, 2, 1}).contiguous());  // [F_i, w, E]: a tap's E weights contiguous
-    grad_wt.push_back(at::zeros_like(wt.back()));
     grad_b.push_back(dpre.narrow(1, off, w.size(0)).sum(0));
     off += w.size(0);
   }
-  const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
-  auto grad_emb_threads = at::zeros({n_threads, embedding.size(0), embedding.size(1)}, embedding.options());
-  if (char_ids.size(0) > 0) {
-    auto dpre_t = dpre.t().contiguous();
-    auto am_t = am.t().contiguous();
+  std::vector<Group> groups;
+  auto taps = pack_taps(weights, groups);
+  auto grad_emb = at::zeros_like(embedding);
+  std::vector<at::Tensor> grad_taps;
+  if (N > 0) {
     auto ids = char_ids.contiguous();
-    auto emb = embedding.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(emb.scalar_type(), "char_cnn_conv_max_backward", [&] {
-      backward_kernel<scalar_t>(dpre_t, am_t, dpre, am, ids, emb, wt, grad_wt, grad_emb_threads);
+    Chars chars = compact_chars(ids, embedding.size(0));
+    const int64_t n_chars = chars.present.size(0);
+    auto dT = at::zeros({place_groups(groups, n_chars)}, embedding.options());
+    auto dpre_t = dpre.t().contiguous();
+    auto am_t = argmax.t().contiguous();
+    AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "char_cnn_conv_max_backward", [&] {
+      backward_scatter<scalar_t>(dpre_t.data_ptr<scalar_t>(), am_t.data_ptr<int32_t>(), chars.compact.data(), N, W,
+                                 groups, n_chars, dT.data_ptr<scalar_t>());
     });
+    auto emb_c = embedding.index_select(0, chars.present);
+    auto d_emb_c = at::zeros({n_chars, E}, embedding.options());
+    for (size_t i = 0; i < groups.size(); ++i) {
+      auto d = group_view(dT, groups[i], n_chars);  // [tiles, V', w * kFB]
+      d_emb_c += at::bmm(d, taps[i].transpose(1, 2)).sum(0);
+      grad_taps.push_back(at::bmm(emb_c.t().expand({groups[i].tiles, E, n_chars}), d));
+    }
+    grad_emb.index_copy_(0, chars.present, d_emb_c);
+  } else {
+    for (const auto& t : taps) grad_taps.push_back(at::zeros_like(t));
   }
   std::vector<at::Tensor> grad_w;
-  for (const auto& g : grad_wt) grad_w.push_back(g.permute({0, 2, 1}).contiguous());
-  return {grad_emb_threads.sum(0), grad_w, grad_b};
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const Group& g = groups[i];
+    grad_w.push_back(grad_taps[i].view({g.tiles, E, g.width, kFB}).permute({0, 3, 1, 2}).reshape({g.tiles * kFB, E, g.width})
+                         .narrow(0, 0, g.count).contiguous());
+  }
+  return {grad_emb, grad_w, grad_b};
 }
 
 }  // namespace
