@@ -217,7 +217,7 @@ def char_cnn(
     activation: str = "relu",
     backend: str | None = None,
     *,
-    dedup: bool = True,
+    dedup: bool | None = None,
     cache=None,
     gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -225,7 +225,9 @@ def char_cnn(
 
     backend: 'cpp' | 'triton' | 'torch' | None (the fastest available; env ELMO_FAST_BACKEND).
     dedup: run the encoder once per distinct token and index the result back (gradients of
-        repeated tokens are summed by autograd's index backward).
+        repeated tokens are summed by autograd's index backward). Default: on for the fast
+        backends, off for 'torch', which computes every token as AllenNLP's module does (it is the
+        reference the benchmarks measure against, so it must not borrow the fast path's savings).
     cache: an optional `WordVectorCache` (inference only: used when no gradient is needed).
     gemm_dtype: None (fp32) or torch.bfloat16: CPU inference with bf16 operands for the highway and
         projection GEMMs (fp32 accumulation, results rounded to bf16 once; the conv, gates and bias
@@ -259,7 +261,9 @@ def char_cnn(
     if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False),
                             variant=gemm_dtype)
-    if chosen == "torch" and not dedup:
+    if dedup is None:
+        dedup = chosen != "torch"
+    if chosen == "torch" and not dedup and gemm_dtype is None:
         return char_cnn_ref(*args, activation)
     return _encode(chosen, *args, activation, dedup=dedup)
 
