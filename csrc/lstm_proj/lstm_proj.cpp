@@ -1,8 +1,10 @@
-// CPU LSTM-with-projection over a packed batch: one input GEMM for all steps, then per step a
-// recurrent GEMM (MKL through ATen) on the active prefix, ONE fused vectorised pointwise loop and
-// the projection GEMM + clip. Backward through time mirrors it, then does every weight gradient
-// as one big GEMM over all steps. Layout and cache: see lstm_proj.h.
+// CPU LSTM-with-projection over a packed batch: one input GEMM for all steps (MKL through ATen),
+// then per step a recurrent GEMM on the active prefix, ONE fused vectorised pointwise loop and the
+// projection GEMM + clip. The per-step GEMMs (M = active rows) run against weights packed once per
+// sequence (packed_gemm.h; fp32), or through ATen for fp64. Backward through time mirrors it, then
+// does every weight gradient as one big GEMM over all steps. Layout and cache: see lstm_proj.h.
 #include "lstm_proj/lstm_proj.h"
+#include "lstm_proj/packed_gemm.h"
 
 #include <ATen/Parallel.h>
 
@@ -10,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace elmo_fast {
 namespace lstm_proj {
@@ -149,16 +152,22 @@ void pointwise_bwd(const T* gates, const T* c_raw, const T* const* prev_c, const
   });
 }
 
+// w_rec_packed / w_proj_packed: gemm::pack(w_rec.t()) / gemm::pack(w_proj.t()) (fp32 only), e.g.
+// cached across calls by the caller; undefined tensors are packed here.
 std::vector<at::Tensor> lstm_proj_fwd_cpu(const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in,
                                           const at::Tensor& w_rec, const at::Tensor& bias, const at::Tensor& w_proj,
                                           const at::Tensor& h0, const at::Tensor& c0, double cell_clip,
-                                          double proj_clip, bool reverse, bool save_cache) {
+                                          double proj_clip, bool reverse, bool save_cache,
+                                          at::Tensor w_rec_packed = {}, at::Tensor w_proj_packed = {}) {
   check_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0);
   TORCH_CHECK(x.device().is_cpu(), "lstm_proj (cpp backend): tensors must be on the CPU, got ", x.device());
   const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
   const int64_t C4 = w_in.size(0), C = C4 / 4, P = w_proj.size(0);
   Plan plan = make_plan(lengths, T, x.device());
   auto opts = x.options();
+  const bool packed = x.scalar_type() == at::kFloat;
+  if (packed && !w_rec_packed.defined()) w_rec_packed = gemm::pack(w_rec.t());
+  if (packed && !w_proj_packed.defined()) w_proj_packed = gemm::pack(w_proj.t());
 
   auto xs = x.index_select(0, plan.perm).transpose(0, 1).contiguous();  // [T, B, I]
   // One GEMM for the input map of every step. The bias is added in the pointwise step: addmm's
@@ -184,13 +193,21 @@ std::vector<at::Tensor> lstm_proj_fwd_cpu(const at::Tensor& x, const at::Tensor&
       auto g = gates[t].narrow(0, 0, n);
       auto hp = h.narrow(0, 0, n);
       if (save_cache) h_prev[t].narrow(0, 0, n).copy_(hp);
-      g.addmm_(hp, w_rec_t);
       auto craw_t = save_cache ? c_raw[t] : c_raw;
       auto m_t = (save_cache ? m[t] : m).narrow(0, 0, n);
+      auto hr = h_raw[t].narrow(0, 0, n);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        gemm::gemm(hp.data_ptr<float>(), n, P, P, w_rec_packed, C4, g.data_ptr<float>(), C4, /*accumulate=*/true);
+      } else {
+        g.addmm_(hp, w_rec_t);
+      }
       pointwise_fwd<scalar_t>(g.data_ptr<scalar_t>(), bias_c.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), craw_t.data_ptr<scalar_t>(),
                               m_t.data_ptr<scalar_t>(), n, C, chi);
-      auto hr = h_raw[t].narrow(0, 0, n);
-      at::mm_out(hr, m_t, w_proj_t);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        gemm::gemm(m_t.data_ptr<float>(), n, C, C, w_proj_packed, P, hr.data_ptr<float>(), P, /*accumulate=*/false);
+      } else {
+        at::mm_out(hr, m_t, w_proj_t);
+      }
       clamp_copy<scalar_t>(h.data_ptr<scalar_t>(), hr.data_ptr<scalar_t>(), n * P, phi);
     }
   });
@@ -236,6 +253,10 @@ std::vector<at::Tensor> lstm_proj_bwd_cpu(const at::Tensor& grad_out, const at::
   auto dh_raw = at::zeros({T, B, P}, opts);
   auto dm = at::empty({B, C}, opts);
   std::vector<uint8_t> is_c0(B);
+  // The per-step GEMMs of backward use the weights as they are ([K, N] row-major): packed once here.
+  const bool packed = x.scalar_type() == at::kFloat;
+  auto w_proj_packed = packed ? gemm::pack(w_proj) : at::Tensor();  // dm = dh_raw @ w_proj
+  auto w_rec_packed = packed ? gemm::pack(w_rec) : at::Tensor();    // dh = dz @ w_rec
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_proj_bwd_cpu", [&] {
     const scalar_t chi = clip_bound<scalar_t>(cell_clip);
@@ -259,13 +280,21 @@ std::vector<at::Tensor> lstm_proj_bwd_cpu(const at::Tensor& grad_out, const at::
       hclip_bwd<scalar_t>(go[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(), h_raw_c[t].data_ptr<scalar_t>(),
                           dhr.data_ptr<scalar_t>(), n * P, phi);
       auto dm_t = dm.narrow(0, 0, n);
-      at::mm_out(dm_t, dhr, w_proj);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        gemm::gemm(dhr.data_ptr<float>(), n, P, P, w_proj_packed, C, dm_t.data_ptr<float>(), C, /*accumulate=*/false);
+      } else {
+        at::mm_out(dm_t, dhr, w_proj);
+      }
       auto dz_t = dz[t].narrow(0, 0, n);
       pointwise_bwd<scalar_t>(gates_c[t].data_ptr<scalar_t>(), c_raw_c[t].data_ptr<scalar_t>(), prev.data(),
                               is_c0.data(), dm_t.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
                               dz_t.data_ptr<scalar_t>(), n, C, chi);
       auto dh_t = dh.narrow(0, 0, n);
-      at::mm_out(dh_t, dz_t, w_rec);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        gemm::gemm(dz_t.data_ptr<float>(), n, C4, C4, w_rec_packed, P, dh_t.data_ptr<float>(), P, /*accumulate=*/false);
+      } else {
+        at::mm_out(dh_t, dz_t, w_rec);
+      }
     }
   });
 
@@ -350,6 +379,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
+// The forward with the per-step weights already packed (gemm_pack(w_rec.t()), gemm_pack(w_proj.t())):
+// the Python wrapper caches them per weight version, so inference packs each weight once.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_packed_op(
+    const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec,
+    const at::Tensor& bias, const at::Tensor& w_proj, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& w_rec_packed, const at::Tensor& w_proj_packed, double cell_clip, double proj_clip, bool reverse,
+    bool save_cache) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_proj_fwd_packed: packed weights are fp32; use lstm_proj_fwd for ",
+              x.scalar_type());
+  auto r = lstm_proj_fwd_cpu(x.contiguous(), lengths, w_in.contiguous(), w_rec.contiguous(), bias.contiguous(),
+                             w_proj.contiguous(), h0, c0, cell_clip, proj_clip, reverse, save_cache,
+                             w_rec_packed.contiguous(), w_proj_packed.contiguous());
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+}
+
+at::Tensor gemm_pack_op(const at::Tensor& b) { return gemm::pack(b); }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_op(
     const at::Tensor& grad_out, const at::Tensor& grad_hn, const at::Tensor& grad_cn, const at::Tensor& x,
     const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec, const at::Tensor& w_proj,
@@ -374,6 +420,12 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
       "Tensor h_prev, float cell_clip, float proj_clip, bool reverse) -> (Tensor dx, Tensor dw_in, Tensor dw_rec, "
       "Tensor dbias, Tensor dw_proj, Tensor dh0, Tensor dc0)");
   m.def(
+      "lstm_proj_fwd_packed(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
+      "Tensor h0, Tensor c0, Tensor w_rec_packed, Tensor w_proj_packed, float cell_clip, float proj_clip, "
+      "bool reverse, bool save_cache) -> (Tensor out, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_raw, "
+      "Tensor m, Tensor h_raw, Tensor h_prev)");
+  m.def("gemm_pack(Tensor b) -> Tensor");
+  m.def(
       "lstm_proj_fwd_bf16(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
       "Tensor h0, Tensor c0, float cell_clip, float proj_clip, bool reverse) -> (Tensor out, Tensor h_n, Tensor c_n)");
 }
@@ -382,6 +434,8 @@ TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("lstm_proj_fwd", &fwd_op);
   m.impl("lstm_proj_bwd", &bwd_op);
   m.impl("lstm_proj_fwd_bf16", &fwd_bf16_op);
+  m.impl("lstm_proj_fwd_packed", &fwd_packed_op);
+  m.impl("gemm_pack", &gemm_pack_op);
 }
 
 }  // namespace lstm_proj

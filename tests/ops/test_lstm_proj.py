@@ -147,6 +147,45 @@ def test_opcheck_backward():
     torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_bwd.default, args)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_packed_gemm_tails_and_k_blocks(reverse):
+    """Shapes that exercise every edge of the packed per-step GEMM: 13 rows (two 6-row tiles + 1),
+    4C = 1204 and P = 19 columns (partial 16-column panels), K = C = 301 > 256 (two k-blocks),
+    forward and backward (whose GEMMs pack the other way round)."""
+    x, lengths, ws, h0, c0 = make_inputs(B=13, T=7, I=9, C=301, P=19, lengths=torch.tensor([7, 1, 3, 7, 0, 5, 6, 2, 7, 4, 1, 7, 6]))
+    check_against_ref("cpp", x, lengths, ws, h0, c0, 0.9, 0.5, reverse, atol=2e-4)
+
+
+def test_opcheck_packed_forward_and_pack():
+    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
+    w_in, w_rec, bias, w_proj = ws
+    pack = torch.ops.elmo_fast.gemm_pack
+    torch.library.opcheck(pack.default, (w_rec.t(),))
+    packed = (pack(w_rec.t()), pack(w_proj.t()))
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_packed.default, (x, lengths, *ws, h0, c0, *packed, 0.7, 0.4, True, True))
+    a = torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, *ws, h0, c0, *packed, 0.7, 0.4, False, False)
+    b = torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, *ws, h0, c0, 0.7, 0.4, False, False)
+    for u, v in zip(a[:3], b[:3]):
+        assert torch.equal(u, v)
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, *ws, h0, c0, packed[1], packed[0], 0.7, 0.4, False, False)
+    with pytest.raises(RuntimeError, match="float32"):
+        pack(w_rec.double())
+
+
+def test_packed_weights_follow_in_place_updates():
+    """lstm_proj caches the packed weights per weight version: an optimizer-style in-place update is seen."""
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=6, I=5, C=8, P=3)
+    with torch.no_grad():
+        first = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+        ws[1].mul_(-0.5)
+        ws[3].add_(0.25)
+        second = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+    ref = lstm_proj_ref(x, lengths, *ws, 3.0, 3.0, False, h0, c0)[0]
+    assert not torch.equal(first, second)
+    assert_close("after the update", ref, second)
+
+
 def test_bad_inputs_give_clear_errors():
     x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
     w_in, w_rec, bias, w_proj = ws

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ... import _ext
 from ..._backend import choose_backend
-from ..bf16_weights import bf16_copy
+from ..weight_copies import bf16_copy
 from .reference import char_cnn_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")

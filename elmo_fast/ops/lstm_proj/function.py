@@ -12,7 +12,7 @@ import torch
 
 from ... import _ext
 from ..._backend import choose_backend
-from ..bf16_weights import bf16_copy
+from ..weight_copies import bf16_copy, gemm_packed_t
 from .reference import lstm_proj_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -51,10 +51,19 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
 
 
+def _fwd_cpp(x, lengths, w_in, w_rec, bias, w_proj, *rest):
+    """fp32: the per-step weights go in packed once per weight version (weight_copies), not per call."""
+    if x.dtype != torch.float32:
+        return torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, *rest)
+    h0, c0, *flags = rest
+    return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_packed_t(w_rec),
+                                                    gemm_packed_t(w_proj), *flags)
+
+
 def _fwd_impl(backend: str):
     if backend == "cpp":
         _ext.require_cpp()
-        return torch.ops.elmo_fast.lstm_proj_fwd
+        return _fwd_cpp
     if backend == "cuda":
         if _ext.cuda_ext() is None:
             raise RuntimeError(f"elmo_fast's CUDA extension is not built ({_ext.load_error('_C_cuda')}). Build it with: {_ext.INSTALL_HINT}")
@@ -174,6 +183,16 @@ def _register_fakes() -> None:
         else:
             cache = [x.new_empty(0) for _ in range(5)]
         return (x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C), *cache)
+
+    @torch.library.register_fake("elmo_fast::lstm_proj_fwd_packed")
+    def _fwd_packed_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, w_rec_packed, w_proj_packed, cell_clip, proj_clip,
+                         reverse, save_cache):
+        return _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache)
+
+    @torch.library.register_fake("elmo_fast::gemm_pack")
+    def _pack_fake(b):
+        K, N = b.shape
+        return b.new_empty((N + 15) // 16, K, 16)
 
     @torch.library.register_fake("elmo_fast::lstm_proj_bwd")
     def _bwd_fake(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw, h_prev,

@@ -1,0 +1,133 @@
+// Skinny fp32 GEMM against a weight packed once per sequence, for the per-step GEMMs of the LSTM
+// (y[M, N] (+)= x[M, K] @ B[K, N] with M = active rows <= batch, K x N a weight of up to 16384 x 512).
+//
+// Why not at::mm: at M = 32 MKL repacks the whole weight on every call, a fixed cost of ~7 ms for
+// the 'original' recurrent weight (512 x 16384, 32 MB) that does not shrink with M (measured: 8.9 ms
+// at M = 8, 16.2 ms at M = 32, i.e. 15-33 GFLOP/s against ~90 at large M). The recurrence calls that
+// GEMM once per time step with the same weight, so we pack it once per call and stream it from
+// memory once per step; the register-tiled kernel below then runs at the FMA throughput.
+//
+// Packed layout: [ceil(N / kNR)][K][kNR], zero-padded columns: the kNR = 16 columns a micro-kernel
+// needs for one k are 64 contiguous bytes, and a panel's K x 16 block is read sequentially.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace elmo_fast {
+namespace gemm {
+
+constexpr int64_t kNR = 16;   // columns per panel: two AVX2 vectors
+constexpr int kMR = 6;        // rows per micro-tile: 6 x 2 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 ymm
+constexpr int64_t kKC = 256;  // k per block: a panel's 256 x 16 slice (16 KB) stays in L1 while every row block reads it
+
+// b [K, N] (fp32, any strides: a Linear weight is passed as w.t()) -> packed [ceil(N / kNR), K, kNR].
+inline at::Tensor pack(const at::Tensor& b) {
+  TORCH_CHECK(b.dim() == 2 && b.scalar_type() == at::kFloat && b.device().is_cpu(),
+              "gemm_pack: expects a float32 CPU matrix [K, N], got ", b.scalar_type(), " ", b.sizes(), " on ", b.device());
+  const int64_t K = b.size(0), N = b.size(1), panels = (N + kNR - 1) / kNR;
+  const int64_t sk = b.stride(0), sn = b.stride(1);
+  auto out = at::empty({panels, K, kNR}, b.options());
+  const float* src = b.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  // For a transposed weight (sn = K) the 16 reads of one k walk 16 rows in step, one cache line
+  // each, which later k's reuse: a streaming copy rather than a strided gather.
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * kNR, nc = std::min(kNR, N - n0);
+      for (int64_t k = 0; k < K; ++k) {
+        float* d = dst + (p * K + k) * kNR;
+        const float* s = src + k * sk + n0 * sn;
+        for (int64_t l = 0; l < nc; ++l) d[l] = s[l * sn];
+        for (int64_t l = nc; l < kNR; ++l) d[l] = 0.0f;
+      }
+    }
+  });
+  return out;
+}
+
+typedef float V8 __attribute__((vector_size(32)));
+
+inline V8 load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// c[MR, ncols] (+)= a[MR, kc] @ b[kc, 16] (b a panel slice, row stride kNR). One k of a panel is
+// one 64-byte line; `next` (the same slice of the next panel) is prefetched a line per k, so memory
+// streams the next panel while this one is computed from L1 (without it the DRAM reads of each
+// panel and its FMAs did not overlap: 62 instead of ~90 GFLOP/s at M = 32).
+template <int MR>
+inline void micro(const float* __restrict a, int64_t lda, const float* __restrict b, const float* next, int64_t kc,
+                  float* __restrict c, int64_t ldc, int64_t ncols, bool add) {
+  V8 lo[MR], hi[MR];
+  for (int r = 0; r < MR; ++r) lo[r] = hi[r] = V8{};
+  for (int64_t k = 0; k < kc; ++k) {
+    __builtin_prefetch(next + k * kNR);
+    const V8 b0 = load8(b + k * kNR), b1 = load8(b + k * kNR + 8);
+    for (int r = 0; r < MR; ++r) {
+      const V8 av = V8{} + a[r * lda + k];
+      lo[r] += av * b0;
+      hi[r] += av * b1;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+    if (ncols == kNR) {
+      const V8 l = add ? lo[r] + load8(cr) : lo[r], h = add ? hi[r] + load8(cr + 8) : hi[r];
+      std::memcpy(cr, &l, sizeof l);
+      std::memcpy(cr + 8, &h, sizeof h);
+    } else {
+      float tmp[kNR];
+      std::memcpy(tmp, &lo[r], sizeof lo[r]);
+      std::memcpy(tmp + 8, &hi[r], sizeof hi[r]);
+      for (int64_t j = 0; j < ncols; ++j) cr[j] = add ? cr[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+inline void micro_rows(int rows, const float* a, int64_t lda, const float* b, const float* next, int64_t kc, float* c,
+                       int64_t ldc, int64_t ncols, bool add) {
+  switch (rows) {
+    case 6: return micro<6>(a, lda, b, next, kc, c, ldc, ncols, add);
+    case 5: return micro<5>(a, lda, b, next, kc, c, ldc, ncols, add);
+    case 4: return micro<4>(a, lda, b, next, kc, c, ldc, ncols, add);
+    case 3: return micro<3>(a, lda, b, next, kc, c, ldc, ncols, add);
+    case 2: return micro<2>(a, lda, b, next, kc, c, ldc, ncols, add);
+    default: return micro<1>(a, lda, b, next, kc, c, ldc, ncols, add);
+  }
+}
+
+// y[M, N] = x[M, K] @ B (+ y when accumulate), B given packed by pack(). x and y row-major with
+// leading dimensions ldx, ldy. Parallel over panels: each thread streams its share of the weight once.
+inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Tensor& packed, int64_t N, float* y,
+                 int64_t ldy, bool accumulate) {
+  TORCH_CHECK(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kNR && packed.size(0) * kNR >= N,
+              "packed_gemm: packed weight [", packed.sizes(), "] does not match K = ", K, ", N = ", N);
+  const float* bp = packed.data_ptr<float>();
+  const int64_t panels = (N + kNR - 1) / kNR;
+  // ~64K multiply-adds per task at least, so small steps stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kNR));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t ncols = std::min(kNR, N - p * kNR);
+      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int64_t kc = std::min(kKC, K - k0);
+        const bool add = accumulate || k0 > 0;
+        const float* b = bp + (p * K + k0) * kNR;
+        // Prefetch addresses past the buffer's end (last panel) are harmless: prefetches never fault.
+        const float* next = b + K * kNR;
+        for (int64_t m0 = 0; m0 < M; m0 += kMR)
+          micro_rows(static_cast<int>(std::min<int64_t>(kMR, M - m0)), x + m0 * ldx + k0, ldx, b, next, kc,
+                     y + m0 * ldy + p * kNR, ldy, ncols, add);
+      }
+    }
+  });
+}
+
+}  // namespace gemm
+}  // namespace elmo_fast

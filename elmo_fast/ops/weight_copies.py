@@ -1,0 +1,38 @@
+"""Derived copies of weights, kept across calls: bf16 copies for the CPU bf16-GEMM inference
+options (`gemm_dtype=torch.bfloat16`) and GEMM-packed copies for the C++ LSTM's per-step GEMMs.
+
+Rebuilding them on every call would cost a large part of what they save (the 'original' LSTM
+converts ~19M weights per direction and layer; packing its 32 MB recurrent weight takes ~20 ms).
+A copy is kept per (weight tensor, kind) and rebuilt when the weight changes in place (its
+`_version` moves: an optimizer step, `load_state_dict`). Keys are weak and by identity, so a dropped
+model frees its copies.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+_COPIES: dict[str, WeakIdKeyDictionary] = {}
+
+
+def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`make(w.detach())`, cached per weight and `kind` until `w` changes."""
+    copies = _COPIES.setdefault(kind, WeakIdKeyDictionary())
+    hit = copies.get(w)
+    if hit is not None and hit[0] == w._version and hit[1] == w.shape:
+        return hit[2]
+    copy = make(w.detach())
+    copies[w] = (w._version, w.shape, copy)
+    return copy
+
+
+def bf16_copy(w: torch.Tensor) -> torch.Tensor:
+    return derived_copy(w, "bf16", lambda t: t.to(torch.bfloat16))
+
+
+def gemm_packed_t(w: torch.Tensor) -> torch.Tensor:
+    """`w` `[N, K]` (a Linear weight) packed for the C++ skinny GEMM `x @ w.t()` (csrc/lstm_proj/packed_gemm.h)."""
+    return derived_copy(w, "gemm_packed_t", lambda t: torch.ops.elmo_fast.gemm_pack(t.t()))
