@@ -104,3 +104,31 @@ def test_elmo_forward_backward(benchmark, weight_files, config, shape, provider,
 
     _bench(benchmark, run, 3, sum(map(len, batch)), provider=provider, config=config,
            shape=f"{shape[0]}x{shape[1]}", mode="fwdbwd")
+
+
+@pytest.mark.parametrize("provider", ["eager", "fast", "fast+cache"])
+@pytest.mark.parametrize("config", ["small"])
+def test_elmo_stream(benchmark, weight_files, config, provider, threads):
+    """Embedding export / feature extraction: 8 different batches of 32x20 words of real text in a
+    row, forward only. 'fast+cache' adds `Elmo.enable_word_cache` (what `elmo-fast embed` and the
+    classification feature pass use), started empty in every round, so repeated words across the 8
+    batches skip the character encoder; a longer corpus repeats more."""
+    backend = "torch" if provider == "eager" else None
+    elmo = Elmo(config, weight_files[config], 1, dropout=0.0, stateful=False, backend=backend).to(DEVICE).eval()
+    texts = [real_text_batch(32, 20, seed=s) for s in range(8)]
+    batches = [batch_to_ids(b).to(DEVICE) for b in texts]
+
+    def run():
+        if provider == "fast+cache":
+            elmo.enable_word_cache(100_000)  # a new, empty cache
+        with torch.no_grad():
+            for ids in batches:
+                elmo(ids)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    _bench(benchmark, run, 3, sum(len(s) for b in texts for s in b), provider=provider, config=config, shape="8x32x20",
+           mode="stream")
+    cache = elmo._elmo_lstm._token_embedder.word_cache
+    if cache is not None:
+        benchmark.extra_info["cache_hit_rate"] = cache.hits / max(1, cache.hits + cache.misses)

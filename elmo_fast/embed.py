@@ -69,7 +69,8 @@ def embed_sentences(elmo, sentences: list[list[str]], layers: str = "all", batch
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     out: list[np.ndarray | None] = [None] * len(sentences)
     try:
-        with tqdm(total=len(sentences), desc="embedding", unit="sent", disable=not progress) as bar:
+        # A corpus repeats its words batch after batch: their character-encoder vectors are reused.
+        with bilm.word_cache(), tqdm(total=len(sentences), desc="embedding", unit="sent", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 ids = batch_to_ids([sentences[i] for i in idx]).to(dev)

@@ -91,7 +91,8 @@ def compute_layers(bilm, documents: list[list[list[str]]], tokens_per_batch: int
     n_tok = sum(len(s) for s in sents)
     L, D = bilm.num_layers, bilm.get_output_dim()
     start = time.perf_counter()
-    with tqdm(total=n_tok, desc=desc, unit="tok", disable=not progress, leave=False) as bar:
+    # Documents repeat their words: the character encoder runs once per distinct token of the corpus.
+    with bilm.word_cache(), tqdm(total=n_tok, desc=desc, unit="tok", disable=not progress, leave=False) as bar:
         i = 0
         while i < len(order):
             # Sorted by length, so the last sentence of a batch is its longest: grow until the padded batch is full.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -73,6 +74,25 @@ class ElmoBiLm(nn.Module):
 
     def reset_states(self) -> None:
         self._elmo_lstm.reset_states()
+
+    def enable_word_cache(self, max_entries: int = 100_000) -> None:
+        """Keep the character encoder's vectors of up to `max_entries` distinct tokens across calls
+        (least recently used dropped first) and reuse them: an automatic `vocab_to_cache`. Used only
+        when no gradient is needed; emptied when any encoder weight changes. 0 disables it."""
+        self._token_embedder.enable_word_cache(max_entries)
+
+    @contextlib.contextmanager
+    def word_cache(self, max_entries: int = 100_000):
+        """`enable_word_cache` for a block of inference calls (a no-op if a cache is already on)."""
+        enc = self._token_embedder
+        if enc.word_cache is not None:
+            yield enc.word_cache
+            return
+        enc.enable_word_cache(max_entries)
+        try:
+            yield enc.word_cache
+        finally:
+            enc.word_cache = None
 
     def get_output_dim(self) -> int:
         return self.output_dim

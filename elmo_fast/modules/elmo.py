@@ -74,6 +74,10 @@ class Elmo(nn.Module):
     def reset_states(self) -> None:
         self._elmo_lstm.reset_states()
 
+    def enable_word_cache(self, max_entries: int = 100_000) -> None:
+        """Reuse the character encoder's word vectors across batches (inference; see `ElmoBiLm.enable_word_cache`)."""
+        self._elmo_lstm.enable_word_cache(max_entries)
+
     def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
         """inputs: char ids `[B, T, 50]` (or `[..., T, 50]`); word_inputs: `[B, T]` ids into the cached vocabulary."""
         if inputs.dim() < 3 or inputs.shape[-1] != 50:

@@ -80,3 +80,36 @@ def test_module_word_cache():
         out = enc(x)["token_embedding"]
     assert enc.word_cache.hits > 0
     assert_close("cached module", ref, out)
+
+
+def test_elmo_word_cache_matches_uncached_and_is_scoped(tmp_path):
+    """`Elmo.enable_word_cache` (what `embed` and the classification features use through
+    `ElmoBiLm.word_cache()`): same representations across batches that share words, hits counted,
+    the scope leaves no cache behind, and fine-tuning bypasses it."""
+    from elmo_fast import Elmo, batch_to_ids
+    from elmo_fast.options import save_options
+    from elmo_fast.testing import random_tf_weights, small_options, write_hdf5
+
+    opts = small_options()
+    save_options(opts, tmp_path / "options.json")
+    write_hdf5(tmp_path / "weights.hdf5", random_tf_weights(opts, scale=0.5, seed=3))
+    args = (str(tmp_path / "options.json"), str(tmp_path / "weights.hdf5"), 1)
+    batches = [batch_to_ids(b) for b in ([["the", "cat", "sat", "."], ["a", "dog", "."]], [["the", "dog", "ran", "."]])]
+    plain = Elmo(*args, dropout=0.0, stateful=False)
+    cached = Elmo(*args, dropout=0.0, stateful=False)
+    cached.enable_word_cache(1000)
+    enc = cached._elmo_lstm._token_embedder
+    with torch.no_grad():
+        for ids in batches:
+            assert_close("cached Elmo", plain(ids)["elmo_representations"][0], cached(ids)["elmo_representations"][0])
+    assert enc.word_cache.hits >= 4  # <S>, </S>, 'the', 'dog', '.' come back in the second batch
+    bilm = plain._elmo_lstm
+    with torch.no_grad(), bilm.word_cache(10) as cache:
+        bilm(batches[0])
+        assert len(cache) > 0
+    assert bilm._token_embedder.word_cache is None
+    tuned = Elmo(*args, requires_grad=True, dropout=0.0, stateful=False)
+    tuned.enable_word_cache(1000)
+    tuned(batches[0])["elmo_representations"][0].sum().backward()
+    assert len(tuned._elmo_lstm._token_embedder.word_cache) == 0
+    assert tuned._elmo_lstm._token_embedder._char_embedding_weights.grad is not None
