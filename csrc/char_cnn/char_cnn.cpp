@@ -39,6 +39,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 namespace elmo_fast {
@@ -349,6 +350,34 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> char_cn
   return {grad_emb, grad_w, grad_b};
 }
 
+// Distinct rows of char_ids [N, W] in first-occurrence order, and inverse [N] with
+// ids == uniq[inverse]. A hash map of rows (exact comparison on collision) instead of
+// torch.unique(dim=0), which issues a few ATen ops per row: ~7,000 per 704-token batch, 4.5 ms.
+std::tuple<at::Tensor, at::Tensor> unique_rows(const at::Tensor& char_ids) {
+  TORCH_CHECK(char_ids.dim() == 2 && char_ids.scalar_type() == at::kLong && char_ids.device().is_cpu(),
+              "unique_rows: expects int64 CPU char ids [N, W], got ", char_ids.scalar_type(), " ", char_ids.sizes());
+  auto ids = char_ids.contiguous();
+  const int64_t N = ids.size(0), W = ids.size(1);
+  const int64_t* p = ids.data_ptr<int64_t>();
+  auto row_hash = [&](int64_t r) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (int64_t k = 0; k < W; ++k) h = (h ^ static_cast<uint64_t>(p[r * W + k])) * 0x100000001b3ull;
+    return static_cast<size_t>(h ^ (h >> 29));
+  };
+  auto row_eq = [&](int64_t a, int64_t b) { return std::memcmp(p + a * W, p + b * W, W * sizeof(int64_t)) == 0; };
+  std::unordered_map<int64_t, int64_t, decltype(row_hash), decltype(row_eq)> first(2 * N + 1, row_hash, row_eq);
+  auto inverse = at::empty({N}, ids.options());
+  int64_t* inv = inverse.data_ptr<int64_t>();
+  std::vector<int64_t> keep;
+  for (int64_t r = 0; r < N; ++r) {
+    const auto [it, inserted] = first.emplace(r, static_cast<int64_t>(keep.size()));
+    if (inserted) keep.push_back(r);
+    inv[r] = it->second;
+  }
+  auto rows = at::from_blob(keep.data(), {static_cast<int64_t>(keep.size())}, at::kLong).clone();
+  return {ids.index_select(0, rows), inverse};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
@@ -358,11 +387,13 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
   m.def(
       "char_cnn_conv_max_backward(Tensor grad, Tensor char_ids, Tensor embedding, Tensor[] weights, Tensor features,"
       " Tensor argmax, str activation) -> (Tensor, Tensor[], Tensor[])");
+  m.def("unique_rows(Tensor char_ids) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("char_cnn_conv_max", &char_cnn_conv_max);
   m.impl("char_cnn_conv_max_backward", &char_cnn_conv_max_backward);
+  m.impl("unique_rows", &unique_rows);
 }
 
 }  // namespace elmo_fast

@@ -150,7 +150,8 @@ def test_vocab_to_cache_equals_character_path(model_files):
     word_ids = torch.tensor([[vocab.index(w) for w in s] + [0] * (4 - len(s)) for s in sents])
     via_chars = elmo(chars)["elmo_representations"][0]
     via_words = elmo(chars, word_ids)["elmo_representations"][0]
-    assert_close("cached vocabulary", via_chars, via_words, atol=1e-6, rtol=1e-6)
+    # The two paths run the encoder's GEMMs on different row sets, whose fp32 rounding may differ.
+    assert_close("cached vocabulary", via_chars, via_words, atol=1e-5, rtol=1e-5)
 
 
 def test_higher_rank_inputs_are_reshaped(model_files):

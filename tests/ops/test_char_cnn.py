@@ -158,6 +158,53 @@ def test_unique_tokens_inverse_rebuilds_input():
 
 
 @requires_cpp
+def test_unique_rows_op():
+    """The C++ row dedup: distinct rows in first-occurrence order, exact inverse, same set as torch.unique;
+    rows that differ only in their last character stay apart."""
+    ids = torch.cat([mixed_ids(n_random=40, seed=4), random_char_ids(5, seed=4, min_len=48, max_len=48)])
+    near = ids[:3].clone()
+    near[:, -1] = 7
+    ids = torch.cat([ids, near, ids[:3]])
+    uniq, inverse = torch.ops.elmo_fast.unique_rows(ids)
+    assert torch.equal(uniq[inverse], ids)
+    assert torch.equal(torch.unique(uniq, dim=0), torch.unique(ids, dim=0))
+    first = [int((inverse == k).nonzero()[0]) for k in range(uniq.shape[0])]
+    assert first == sorted(first)
+    torch.library.opcheck(torch.ops.elmo_fast.unique_rows.default, (ids,))
+
+
+@requires_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_highway_function_matches_eager(dtype):
+    """The fused highway layer (ATen GEMM + one-pass C++ gate) against the eager formula: output and
+    the gradients of x, W, b on an odd shape; fp64 gradcheck; opcheck of both gate ops."""
+    from elmo_fast.ops.char_cnn.function import HighwayFunction
+
+    g = torch.Generator().manual_seed(11)
+    N, F_ = 13, 37
+    x = torch.randn(N, F_, generator=g, dtype=dtype).requires_grad_()
+    w = (torch.randn(2 * F_, F_, generator=g, dtype=dtype) / F_**0.5).requires_grad_()
+    b = torch.randn(2 * F_, generator=g, dtype=dtype).requires_grad_()
+    n, gate = F.linear(x, w, b).chunk(2, -1)
+    gate = torch.sigmoid(gate)
+    ref = gate * x + (1 - gate) * torch.relu(n)
+    out = HighwayFunction.apply(x, w, b)
+    assert_close("highway", ref, out)
+    dy = torch.randn_like(ref)
+    for name, a, c in zip(("dx", "dw", "db"), torch.autograd.grad(ref, (x, w, b), dy), torch.autograd.grad(out, (x, w, b), dy)):
+        assert_close(f"highway {name}", a, c)
+    if dtype == torch.float64:
+        small = [t.detach()[:3, :4].clone().requires_grad_() for t in (x,)] + [w.detach()[:8, :4].clone().requires_grad_(),
+                                                                               b.detach()[:8].clone().requires_grad_()]
+        assert torch.autograd.gradcheck(HighwayFunction.apply, tuple(small), eps=1e-6, atol=1e-6)
+    z = (x @ w.t()).detach()
+    torch.library.opcheck(torch.ops.elmo_fast.highway_gate.default, (z, b.detach(), x.detach()))
+    torch.library.opcheck(torch.ops.elmo_fast.highway_gate_backward.default, (dy, z, b.detach(), x.detach()))
+    with pytest.raises(RuntimeError, match=r"z must be \[N, 2F\]"):
+        torch.ops.elmo_fast.highway_gate(z[:, :-1], b.detach(), x.detach())
+
+
+@requires_cpp
 def test_bad_inputs_give_clear_errors():
     ids = mixed_ids(n_random=2)
     params = make_params()

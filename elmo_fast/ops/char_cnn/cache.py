@@ -53,7 +53,9 @@ class WordVectorCache:
             self._signature = signature
         if char_ids.shape[0] == 0:
             return compute(char_ids)
-        uniq, inverse = torch.unique(char_ids, dim=0, return_inverse=True)
+        from .function import unique_tokens
+
+        uniq, inverse = unique_tokens(char_ids)
         rows = uniq.cpu().numpy()
         keys = [r.tobytes() for r in rows]
         found: list[torch.Tensor | None] = []
