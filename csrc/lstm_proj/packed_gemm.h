@@ -1,5 +1,6 @@
-// Skinny fp32 GEMM against a weight packed once per sequence, for the per-step GEMMs of the LSTM
-// (y[M, N] (+)= x[M, K] @ B[K, N] with M = active rows <= batch, K x N a weight of up to 16384 x 512).
+// fp32 GEMM against a weight packed once, for the LSTM: the per-step GEMMs (y[M, N] (+)= x[M, K] @
+// B[K, N] with M = active rows <= batch, K x N a weight of up to 16384 x 512) and the input map of
+// a chunk of steps (M = steps x batch), where it also beat MKL (96 vs 81 GFLOP/s at 1024 x 128 x 4096).
 //
 // Why not at::mm: at M = 32 MKL repacks the whole weight on every call, a fixed cost of ~7 ms for
 // the 'original' recurrent weight (512 x 16384, 32 MB) that does not shrink with M (measured: 8.9 ms

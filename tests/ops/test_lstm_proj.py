@@ -156,19 +156,36 @@ def test_packed_gemm_tails_and_k_blocks(reverse):
     check_against_ref("cpp", x, lengths, ws, h0, c0, 0.9, 0.5, reverse, atol=2e-4)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_input_map_in_chunks(reverse):
+    """Without gradients the input map is computed in chunks of steps (16 MB of [B, 4C] each): with
+    B = 64 and 4C = 4096, 16 steps a chunk, so T = 37 takes three chunks in either direction, and
+    the bf16-GEMM path chunks the same way."""
+    lengths = torch.randint(1, 38, (64,), generator=torch.Generator().manual_seed(5))
+    lengths[:2] = torch.tensor([37, 16])
+    x, lengths, ws, h0, c0 = make_inputs(B=64, T=37, I=8, C=1024, P=16, lengths=lengths)
+    ref = lstm_proj_ref(x, lengths, *ws, 0.8, 0.5, reverse, h0, c0)
+    with torch.no_grad():
+        out = lstm_proj(x, lengths, *ws, 0.8, 0.5, reverse, h0, c0, backend="cpp")
+        low = lstm_proj(x, lengths, *ws, 0.8, 0.5, reverse, h0, c0, backend="cpp", gemm_dtype=torch.bfloat16)
+    for name, r, o, lo in zip(("out", "h_n", "c_n"), ref, out, low):
+        assert_close(name, r, o)
+        assert_close(f"{name} (bf16 GEMMs)", r, lo, atol=5e-2, rtol=5e-2)
+
+
 def test_opcheck_packed_forward_and_pack():
     x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
     w_in, w_rec, bias, w_proj = ws
     pack = torch.ops.elmo_fast.gemm_pack
     torch.library.opcheck(pack.default, (w_rec.t(),))
-    packed = (pack(w_rec.t()), pack(w_proj.t()))
+    packed = (pack(w_in.t()), pack(w_rec.t()), pack(w_proj.t()))
     torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_packed.default, (x, lengths, *ws, h0, c0, *packed, 0.7, 0.4, True, True))
     a = torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, *ws, h0, c0, *packed, 0.7, 0.4, False, False)
     b = torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, *ws, h0, c0, 0.7, 0.4, False, False)
     for u, v in zip(a[:3], b[:3]):
         assert torch.equal(u, v)
     with pytest.raises(RuntimeError, match="does not match"):
-        torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, *ws, h0, c0, packed[1], packed[0], 0.7, 0.4, False, False)
+        torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, *ws, h0, c0, packed[0], packed[2], packed[1], 0.7, 0.4, False, False)
     with pytest.raises(RuntimeError, match="float32"):
         pack(w_rec.double())
 

@@ -52,12 +52,12 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
 
 
 def _fwd_cpp(x, lengths, w_in, w_rec, bias, w_proj, *rest):
-    """fp32: the per-step weights go in packed once per weight version (weight_copies), not per call."""
+    """fp32: the three weights go in packed once per weight version (weight_copies), not per call."""
     if x.dtype != torch.float32:
         return torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, *rest)
     h0, c0, *flags = rest
-    return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_packed_t(w_rec),
-                                                    gemm_packed_t(w_proj), *flags)
+    return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_packed_t(w_in),
+                                                    gemm_packed_t(w_rec), gemm_packed_t(w_proj), *flags)
 
 
 def _fwd_impl(backend: str):
@@ -185,8 +185,8 @@ def _register_fakes() -> None:
         return (x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C), *cache)
 
     @torch.library.register_fake("elmo_fast::lstm_proj_fwd_packed")
-    def _fwd_packed_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, w_rec_packed, w_proj_packed, cell_clip, proj_clip,
-                         reverse, save_cache):
+    def _fwd_packed_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, w_in_packed, w_rec_packed, w_proj_packed, cell_clip,
+                         proj_clip, reverse, save_cache):
         return _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache)
 
     @torch.library.register_fake("elmo_fast::gemm_pack")
