@@ -27,8 +27,11 @@ def docs():
     return tokenize_documents(d.titles, d.texts, 200, progress=False)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_feature_pass(benchmark, docs, backend):
+@pytest.mark.parametrize("provider", ["eager", "fast"])
+def test_feature_pass(benchmark, docs, provider):
+    """'eager' = backend 'torch' (the reference modules); 'fast' = the C++ ops, with the word cache
+    that compute_layers turns on (fresh in every round: it lives for one call)."""
+    backend = "torch" if provider == "eager" else "cpp"
     if backend not in available_backends("cpu"):
         pytest.skip(f"backend {backend} not built here")
     torch.manual_seed(0)
