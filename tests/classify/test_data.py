@@ -1,7 +1,6 @@
 """The AG News CSV loader: escapes, classes.txt, malformed rows (with their row number), splits."""
 
 import csv
-import os
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The classifier head and the frozen-ELMo layer cache against the modules they stand for."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -9,7 +9,6 @@ reaches ~0.42, too close to chance (0.25) for a test with margin, hence 2 classe
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
