@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 
 #include "common/fast_math.h"
+#include "common/parallel.h"
 
 namespace elmo_fast {
 namespace {
@@ -55,8 +56,6 @@ void check(const at::Tensor& z, const at::Tensor& bias, const at::Tensor& x) {
               "highway_gate (cpp backend): tensors must be on the CPU");
 }
 
-inline int64_t grain(int64_t F) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(F, 1)); }
-
 at::Tensor highway_gate(const at::Tensor& z_, const at::Tensor& bias_, const at::Tensor& x_) {
   check(z_, bias_, x_);
   auto z = z_.contiguous(), bias = bias_.contiguous(), x = x_.contiguous();
@@ -67,7 +66,7 @@ at::Tensor highway_gate(const at::Tensor& z_, const at::Tensor& bias_, const at:
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, N, grain(F), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, N, row_grain(F), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         row_fwd<scalar_t>(zp + r * 2 * F, zp + r * 2 * F + F, bp, bp + F, xp + r * F, yp + r * F, F);
     });
@@ -91,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> highway_gate_backward(const at::Tensor& dy_, 
     const scalar_t* dyp = dy.data_ptr<scalar_t>();
     scalar_t* dzp = dz.data_ptr<scalar_t>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, N, grain(F), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, N, row_grain(F), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         row_bwd<scalar_t>(zp + r * 2 * F, zp + r * 2 * F + F, bp, bp + F, xp + r * F, dyp + r * F, dzp + r * 2 * F,
                           dzp + r * 2 * F + F, dxp + r * F, F);

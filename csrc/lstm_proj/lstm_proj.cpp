@@ -1,9 +1,10 @@
-// CPU LSTM-with-projection over a packed batch: one input GEMM for all steps (MKL through ATen),
-// then per step a recurrent GEMM on the active prefix, ONE fused vectorised pointwise loop and the
-// projection GEMM + clip. The per-step GEMMs (M = active rows) run against weights packed once per
-// sequence (packed_gemm.h; fp32), or through ATen for fp64. Backward through time mirrors it, then
+// CPU LSTM-with-projection over a packed batch: one input GEMM for many steps (all of them, or
+// bounded chunks; see InputMap), then per step a recurrent GEMM on the active prefix, ONE fused
+// vectorised pointwise loop and the projection GEMM + clip. In fp32 every one of these GEMMs runs
+// against a packed weight (packed_gemm.h); fp64 uses ATen's. Backward through time mirrors it, then
 // does every weight gradient as one big GEMM over all steps. Layout and cache: see lstm_proj.h.
 #include "common/fast_math.h"
+#include "common/parallel.h"
 #include "lstm_proj/lstm_proj.h"
 #include "lstm_proj/packed_gemm.h"
 
@@ -30,8 +31,6 @@ inline T clip_bound(double clip) {
   return clip > 0 ? T(clip) : std::numeric_limits<T>::infinity();
 }
 
-// Rows per parallel chunk: ~16K elements of work each, so small steps stay on one thread.
-inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
 
 // gcc only vectorises these row loops when the restrict pointers are distinct parameters (restrict
 // locals derived from one base pointer are not trusted), hence one noinline function per row.

@@ -2,11 +2,12 @@
 // B[K, N] with M = active rows <= batch, K x N a weight of up to 16384 x 512) and the input map of
 // a chunk of steps (M = steps x batch), where it also beat MKL (96 vs 81 GFLOP/s at 1024 x 128 x 4096).
 //
-// Why not at::mm: at M = 32 MKL repacks the whole weight on every call, a fixed cost of ~7 ms for
-// the 'original' recurrent weight (512 x 16384, 32 MB) that does not shrink with M (measured: 8.9 ms
-// at M = 8, 16.2 ms at M = 32, i.e. 15-33 GFLOP/s against ~90 at large M). The recurrence calls that
-// GEMM once per time step with the same weight, so we pack it once per call and stream it from
-// memory once per step; the register-tiled kernel below then runs at the FMA throughput.
+// Why not at::mm: at M = 32, MKL's GEMM with the 'original' recurrent weight (512 x 16384, 32 MB)
+// has a fixed cost of ~7 ms per call that does not shrink with M (measured: 8.9 ms at M = 8, 16.2 ms
+// at M = 32, i.e. 15-33 GFLOP/s against ~90 at large M) -- by its size, a repack of the weight. The
+// recurrence calls that GEMM once per time step with the same weight, so we pack it once (the Python
+// wrapper caches it per weight version) and stream it from memory once per step; the register-tiled
+// kernel below then runs at the FMA throughput.
 //
 // Packed layout: [ceil(N / kNR)][K][kNR], zero-padded columns: the kNR = 16 columns a micro-kernel
 // needs for one k are 64 contiguous bytes, and a panel's K x 16 block is read sequentially.

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .function import unique_tokens
+
 
 class WordVectorCache:
     """LRU map from a token's char-id row `[W]` to its word vector `[P]`.
@@ -53,8 +55,6 @@ class WordVectorCache:
             self._signature = signature
         if char_ids.shape[0] == 0:
             return compute(char_ids)
-        from .function import unique_tokens
-
         uniq, inverse = unique_tokens(char_ids)
         rows = uniq.cpu().numpy()
         keys = [r.tobytes() for r in rows]

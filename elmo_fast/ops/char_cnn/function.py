@@ -242,7 +242,7 @@ class HighwayFunction(torch.autograd.Function):
 
 
 def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if backend == "cpp" and h.device.type == "cpu":
+    if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
     n, g = _linear(h, w, b).chunk(2, dim=-1)
     g = torch.sigmoid(g)
