@@ -5,8 +5,8 @@
 // does every weight gradient as one big GEMM over all steps. Layout and cache: see lstm_proj.h.
 #include "common/fast_math.h"
 #include "common/parallel.h"
+#include "common/packed_gemm.h"
 #include "lstm_proj/lstm_proj.h"
-#include "lstm_proj/packed_gemm.h"
 
 #include <ATen/Parallel.h>
 
@@ -422,8 +422,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
-at::Tensor gemm_pack_op(const at::Tensor& b) { return gemm::pack(b); }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_op(
     const at::Tensor& grad_out, const at::Tensor& grad_hn, const at::Tensor& grad_cn, const at::Tensor& x,
     const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec, const at::Tensor& w_proj,
@@ -453,7 +451,6 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
       "float proj_clip, "
       "bool reverse, bool save_cache) -> (Tensor out, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_raw, "
       "Tensor m, Tensor h_raw, Tensor h_prev)");
-  m.def("gemm_pack(Tensor b) -> Tensor");
   m.def(
       "lstm_proj_fwd_bf16(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
       "Tensor h0, Tensor c0, float cell_clip, float proj_clip, bool reverse) -> (Tensor out, Tensor h_n, Tensor c_n)");
@@ -464,7 +461,6 @@ TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("lstm_proj_bwd", &bwd_op);
   m.impl("lstm_proj_fwd_bf16", &fwd_bf16_op);
   m.impl("lstm_proj_fwd_packed", &fwd_packed_op);
-  m.impl("gemm_pack", &gemm_pack_op);
 }
 
 }  // namespace lstm_proj

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .. import _ext
+
 _COPIES: dict[str, WeakIdKeyDictionary] = {}
 
 
@@ -34,5 +36,18 @@ def bf16_copy(w: torch.Tensor) -> torch.Tensor:
 
 
 def gemm_packed_t(w: torch.Tensor) -> torch.Tensor:
-    """`w` `[N, K]` (a Linear weight) packed for the C++ skinny GEMM `x @ w.t()` (csrc/lstm_proj/packed_gemm.h)."""
+    """`w` `[N, K]` (a Linear weight) packed for `packed_linear(x, ., bias, N)` = `F.linear(x, w, bias)`
+    and the C++ LSTM's GEMMs (csrc/common/packed_gemm.h)."""
     return derived_copy(w, "gemm_packed_t", lambda t: torch.ops.elmo_fast.gemm_pack(t.t()))
+
+
+if _ext.cpp_ext() is not None:  # shape-only kernels, for opcheck and torch.compile
+
+    @torch.library.register_fake("elmo_fast::gemm_pack")
+    def _pack_fake(b):
+        K, N = b.shape
+        return b.new_empty((N + 15) // 16, K, 16)
+
+    @torch.library.register_fake("elmo_fast::packed_linear")
+    def _packed_linear_fake(x, packed, bias, n):
+        return x.new_empty(x.shape[0], n)

@@ -286,3 +286,38 @@ def test_bf16_gemm_weight_update_is_seen():
         ref = char_cnn_ref(ids, *params, "relu")
     assert not torch.allclose(before, after)
     assert_close("after the update", ref, after, atol=3e-2, rtol=3e-2)
+
+
+@requires_cpp
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("n_highway", [1, 2])
+def test_inference_packed_gemm_path(activation, n_highway):
+    """Under no_grad the cpp backend runs the highway and projection GEMMs on cached packed weights
+    (2F = 66 and P = 5: partial 16-column panels); the result matches the reference, and an in-place
+    weight update (an optimizer step) is seen by the next call."""
+    ids = mixed_ids()
+    params = make_params(n_highway=n_highway, seed=5)
+    with torch.no_grad():
+        assert_close("packed inference", char_cnn_ref(ids, *params, activation), char_cnn(ids, *params, activation, backend="cpp"))
+        params[3][0].mul_(-0.5)  # first highway weight
+        params[5].add_(0.1)  # projection weight
+        assert_close("after an update", char_cnn_ref(ids, *params, activation), char_cnn(ids, *params, activation, backend="cpp"))
+
+
+@requires_cpp
+@pytest.mark.parametrize("M", [1, 7, 13])
+def test_packed_linear_op(M):
+    g = torch.Generator().manual_seed(M)
+    K, N = 37, 21
+    x = torch.randn(M, K + 3, generator=g)[:, :K]  # non-contiguous rows
+    w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    packed = torch.ops.elmo_fast.gemm_pack(w.t())
+    assert_close("with bias", F.linear(x, w, b), torch.ops.elmo_fast.packed_linear(x, packed, b, N))
+    assert_close("without bias", F.linear(x, w), torch.ops.elmo_fast.packed_linear(x, packed, None, N))
+    torch.library.opcheck(torch.ops.elmo_fast.packed_linear.default, (x.contiguous(), packed, b, N))
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.elmo_fast.packed_linear(x[:, :-1], packed, b, N)
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.elmo_fast.packed_linear(x, packed, None, 5)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        torch.ops.elmo_fast.packed_linear(x, packed, b[:-1], N)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ... import _ext
 from ..._backend import choose_backend
-from ..weight_copies import bf16_copy
+from ..weight_copies import bf16_copy, gemm_packed_t
 from .reference import char_cnn_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -241,7 +241,17 @@ class HighwayFunction(torch.autograd.Function):
         return dx.addmm_(dz, w), dz.t().mm(x), dz.sum(0)
 
 
-def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _packed_inference(backend: str, h: torch.Tensor, w: torch.Tensor, inference: bool) -> bool:
+    """Whether a layer runs its GEMM against the cached packed weight (`packed_linear`): CPU fp32
+    inference only, where the weight is the same across calls. At the highway's shape it ran 5-15 %
+    faster than MKL's sgemm, which re-packs the 32 MB 'small' weight inside every call."""
+    return inference and backend == "cpp" and h.dtype == torch.float32 and w.dtype == torch.float32
+
+
+def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, inference: bool = False) -> torch.Tensor:
+    if _packed_inference(backend, h, w, inference):
+        z = torch.ops.elmo_fast.packed_linear(h, gemm_packed_t(w), None, w.shape[0])
+        return torch.ops.elmo_fast.highway_gate(z, b, h)
     if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
     n, g = _linear(h, w, b).chunk(2, dim=-1)
@@ -302,17 +312,18 @@ def char_cnn(
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
         args = args[:4] + ([bf16_copy(w) for w in hw_w], hw_b, bf16_copy(proj_weight), proj_bias)
-    if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-        return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False),
-                            variant=gemm_dtype)
+    inference = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+    if cache is not None and inference:
+        return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False,
+                                                                  inference=True), variant=gemm_dtype)
     if dedup is None:
         dedup = chosen != "torch"
     if chosen == "torch" and not dedup and gemm_dtype is None:
         return char_cnn_ref(*args, activation)
-    return _encode(chosen, *args, activation, dedup=dedup)
+    return _encode(chosen, *args, activation, dedup=dedup, inference=inference)
 
 
-def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, dedup):
+def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, dedup, inference=False):
     inverse = None
     if dedup and char_ids.shape[0] > 1:
         char_ids, inverse = unique_tokens(char_ids)
@@ -321,8 +332,11 @@ def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, pr
     else:
         h, _ = CharConvMaxFunction.apply(backend, activation, char_ids.contiguous(), emb, len(weights), *weights, *biases)
     for w, b in zip(hw_w, hw_b):
-        h = _highway(backend, h, w, b)
-    out = _linear(h, proj_weight, proj_bias)
+        h = _highway(backend, h, w, b, inference)
+    if _packed_inference(backend, h, proj_weight, inference):
+        out = torch.ops.elmo_fast.packed_linear(h, gemm_packed_t(proj_weight), proj_bias, proj_weight.shape[0])
+    else:
+        out = _linear(h, proj_weight, proj_bias)
     return out if inverse is None else out[inverse]
 
 

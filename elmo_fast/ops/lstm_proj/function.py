@@ -189,11 +189,6 @@ def _register_fakes() -> None:
                          proj_clip, reverse, save_cache):
         return _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache)
 
-    @torch.library.register_fake("elmo_fast::gemm_pack")
-    def _pack_fake(b):
-        K, N = b.shape
-        return b.new_empty((N + 15) // 16, K, 16)
-
     @torch.library.register_fake("elmo_fast::lstm_proj_bwd")
     def _bwd_fake(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw, h_prev,
                   cell_clip, proj_clip, reverse):

@@ -1,6 +1,7 @@
-// fp32 GEMM against a weight packed once, for the LSTM: the per-step GEMMs (y[M, N] (+)= x[M, K] @
-// B[K, N] with M = active rows <= batch, K x N a weight of up to 16384 x 512) and the input map of
-// a chunk of steps (M = steps x batch), where it also beat MKL (96 vs 81 GFLOP/s at 1024 x 128 x 4096).
+// fp32 GEMM against a weight packed once. The LSTM's per-step GEMMs (y[M, N] (+)= x[M, K] @ B[K, N]
+// with M = active rows <= batch, K x N a weight of up to 16384 x 512) and the input map of a chunk of
+// steps (M = steps x batch), where it also beat MKL (96 vs 81 GFLOP/s at 1024 x 128 x 4096); and, as
+// the op `packed_linear` (gemm_ops.cpp), the char CNN's highway and projection GEMMs at inference.
 //
 // Why not at::mm: at M = 32, MKL's GEMM with the 'original' recurrent weight (512 x 16384, 32 MB)
 // has a fixed cost of ~7 ms per call that does not shrink with M (measured: 8.9 ms at M = 8, 16.2 ms
@@ -118,7 +119,7 @@ constexpr int64_t kRowBlockBytes = 512 << 10;
 
 inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Tensor& packed, int64_t N, float* y,
                  int64_t ldy, bool accumulate) {
-  TORCH_CHECK(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kNR && packed.size(0) * kNR >= N,
+  TORCH_CHECK(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kNR && packed.size(0) == (N + kNR - 1) / kNR,
               "packed_gemm: packed weight [", packed.sizes(), "] does not match K = ", K, ", N = ", N);
   if (M <= 0) return;
   const float* bp = packed.data_ptr<float>();
