@@ -318,3 +318,48 @@ def test_bf16_gemm_takes_cached_bf16_weights():
         second = lstm_proj(x, lengths, *ws, 3.0, 3.0, False, h0, c0, backend="cpp", gemm_dtype=torch.bfloat16)[0]
         fresh = op(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, 3.0, 3.0, False)[0]
     assert not torch.equal(first, second) and torch.equal(second, fresh)
+
+
+def test_pooled_buffers_match_reference_and_carry_no_stale_data():
+    """Shapes whose cache and gradient buffers ([T, B, 4C] >= 4 MB) come from the CPU buffer pool
+    (csrc/common/cpu_pool.h): two forward+backward passes in a row with different lengths (the
+    second reuses the first's blocks, which hold its values), each against the reference; then
+    the pool holds those blocks and cpu_pool_clear hands them back."""
+    torch.ops.elmo_fast.cpu_pool_clear()
+    for seed, lengths in ((0, [18, 18, 5, 12, 1, 9, 18, 3, 14, 7, 2, 16, 18, 11, 6, 10]),
+                          (1, [2, 18, 1, 4, 18, 3, 0, 6, 18, 1, 8, 2, 5, 1, 3, 9])):
+        x, _, ws, h0, c0 = make_inputs(B=16, T=18, I=6, C=1030, P=7, lengths=torch.tensor(lengths), seed=seed)
+        x[torch.arange(18)[None, :] >= torch.tensor(lengths)[:, None]] = float("nan")  # padding is ignored
+        check_against_ref("cpp", x, torch.tensor(lengths), ws, h0, c0, 3.0, 2.0, seed == 1, atol=1e-4)
+    assert torch.ops.elmo_fast.cpu_pool_cached_bytes() >= 18 * 16 * 4 * 1030 * 4
+    torch.ops.elmo_fast.cpu_pool_clear()
+    assert torch.ops.elmo_fast.cpu_pool_cached_bytes() == 0
+
+
+def test_cpu_pool_can_be_disabled(tmp_path):
+    """ELMO_FAST_CPU_POOL_MB=0 turns the pool off (plain allocations, nothing cached), same results;
+    a malformed value is a clear error."""
+    import subprocess
+    import sys
+
+    code = ("import torch, elmo_fast\n"
+            "from elmo_fast.ops.lstm_proj import lstm_proj\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "x = torch.randn(16, 18, 6, generator=g, requires_grad=True)\n"
+            "ws = [torch.randn(4 * 1030, 6, generator=g) * 0.3, torch.randn(4 * 1030, 7, generator=g) * 0.3,\n"
+            "      torch.zeros(4 * 1030), torch.randn(7, 1030, generator=g) * 0.05]\n"
+            "out = lstm_proj(x, torch.full((16,), 18), *ws, 3.0, 2.0, False, backend='cpp')[0]\n"
+            "out.sum().backward()\n"
+            "print(torch.ops.elmo_fast.cpu_pool_cached_bytes(), float(x.grad.double().sum()))\n")
+    env = {**__import__("os").environ}
+    runs = {}
+    for mb in ("0", "1024"):
+        env["ELMO_FAST_CPU_POOL_MB"] = mb
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        runs[mb] = p.stdout.split()
+    assert runs["0"][0] == "0" and int(runs["1024"][0]) > 0
+    assert runs["0"][1] == runs["1024"][1]
+    env["ELMO_FAST_CPU_POOL_MB"] = "lots"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "ELMO_FAST_CPU_POOL_MB must be a whole number" in p.stderr

@@ -1,0 +1,113 @@
+#include "common/cpu_pool.h"
+
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+
+namespace elmo_fast {
+namespace cpu_pool {
+namespace {
+
+constexpr size_t kAlign = 2 << 20;  // a huge page
+
+int64_t limit_from_env() {
+  const char* env = std::getenv("ELMO_FAST_CPU_POOL_MB");
+  if (env == nullptr || *env == '\0') return int64_t(1024) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && mb >= 0, "ELMO_FAST_CPU_POOL_MB must be a whole number of megabytes >= 0, got '",
+              env, "'");
+  return int64_t(mb) << 20;
+}
+
+struct Pool {
+  std::mutex mu;
+  std::multimap<size_t, void*> free_blocks;  // by size
+  int64_t cached = 0;
+  int64_t limit = limit_from_env();
+};
+
+// Never destroyed: tensors freed during interpreter shutdown still hand their blocks back.
+Pool& pool() {
+  static Pool* p = new Pool();
+  return *p;
+}
+
+void give_back(void* ptr, size_t bytes) {
+  Pool& p = pool();
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    if (p.cached + int64_t(bytes) <= p.limit) {
+      p.free_blocks.emplace(bytes, ptr);
+      p.cached += int64_t(bytes);
+      return;
+    }
+  }
+  std::free(ptr);
+}
+
+}  // namespace
+
+at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  TORCH_CHECK(opts.device().is_cpu(), "cpu_pool: CPU tensors only");
+  int64_t numel = 1;
+  for (const auto s : sizes) numel *= s;
+  const int64_t want = numel * int64_t(opts.dtype().itemsize());
+  Pool& p = pool();
+  if (want < kMinBytes || p.limit == 0) return at::empty(sizes, opts);
+  const size_t bytes = (size_t(want) + kAlign - 1) / kAlign * kAlign;
+  void* ptr = nullptr;
+  size_t got = 0;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    // The smallest free block that fits, if it is at most twice the request (a big block is not
+    // spent on a small buffer while its own users wait for it).
+    auto it = p.free_blocks.lower_bound(bytes);
+    if (it != p.free_blocks.end() && it->first <= 2 * bytes) {
+      got = it->first;
+      ptr = it->second;
+      p.free_blocks.erase(it);
+      p.cached -= int64_t(got);
+    }
+  }
+  if (ptr == nullptr) {
+    TORCH_CHECK(posix_memalign(&ptr, kAlign, bytes) == 0, "cpu_pool: out of memory allocating ", bytes, " bytes");
+    got = bytes;
+#ifdef MADV_HUGEPAGE
+    madvise(ptr, bytes, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+#endif
+  }
+  return at::from_blob(ptr, sizes, [got](void* q) { give_back(q, got); }, opts);
+}
+
+namespace {
+
+int64_t cached_bytes_op() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  return p.cached;
+}
+
+void clear_op() {
+  Pool& p = pool();
+  std::multimap<size_t, void*> blocks;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    blocks.swap(p.free_blocks);
+    p.cached = 0;
+  }
+  for (auto& kv : blocks) std::free(kv.second);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
+  m.def("cpu_pool_cached_bytes() -> int", &cached_bytes_op);
+  m.def("cpu_pool_clear() -> ()", &clear_op);
+}
+
+}  // namespace cpu_pool
+}  // namespace elmo_fast
