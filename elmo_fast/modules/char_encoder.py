@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._backend import warn_if_bf16_emulated
 from ..chars import BOS_IDS, EOS_IDS
 from ..ops.char_cnn import WordVectorCache, char_cnn
 
@@ -53,6 +54,8 @@ class ElmoCharacterEncoder(nn.Module):
 
     def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
         """torch.bfloat16: bf16 highway/projection GEMM operands (CPU inference only); None: fp32."""
+        if dtype is not None:
+            warn_if_bf16_emulated()
         if dtype != self.gemm_dtype and self.word_cache is not None:
             self.word_cache.clear()  # its vectors were computed at the other precision
         self.gemm_dtype = dtype

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._backend import warn_if_bf16_emulated
 from ..ops.lstm_proj import lstm_proj
 
 
@@ -84,6 +85,8 @@ class ElmoLstm(nn.Module):
 
     def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
         """torch.bfloat16: bf16 GEMM operands with fp32 state (CPU inference only); None: fp32."""
+        if dtype is not None:
+            warn_if_bf16_emulated()
         for layer in self.forward_layers + self.backward_layers:
             layer.gemm_dtype = dtype
 

@@ -239,3 +239,23 @@ def test_bf16_gemm_inference_option(model_files):
     with torch.no_grad():
         assert torch.equal(elmo(ids)["elmo_representations"][0], ref)
 
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_option_warns_once_where_the_cpu_emulates_bf16(monkeypatch, native):
+    """On a CPU without avx512_bf16/AMX the bf16-GEMM option is slower than fp32 (emulated): one
+    RuntimeWarning that says so, however many modules are switched; none on a CPU that has it."""
+    import warnings
+
+    from elmo_fast import _backend
+
+    monkeypatch.setattr(_backend, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(_backend, "_bf16_warned", False)
+    elmo = Elmo(small_options(), None, 1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        elmo.set_gemm_dtype(torch.bfloat16)
+        elmo.set_gemm_dtype(torch.bfloat16)
+        elmo.set_gemm_dtype(None)
+    emulated = [w for w in seen if issubclass(w.category, RuntimeWarning) and "emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1), [str(w.message) for w in seen]
