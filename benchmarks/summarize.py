@@ -3,7 +3,8 @@
     python -m benchmarks.summarize benchmarks/results/elmo_cpu.json
 
 Rows are grouped by every parameter except `provider`; each provider's minimum time (the least
-disturbed round on a shared host) is shown with its speed-up over the 'eager' row of its group.
+disturbed round on a shared host) is shown with its speed-up over the 'eager' row of its group,
+and, where the group has a 'gemm_bound' row (the LSTM's GEMM-only lower bound), its ratio to it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def summarize(path: str) -> str:
     lines = [f"Source: `{path}` ({data.get('datetime', '')}, {cpu}, {machine.get('node', '')}); min of rounds.", ""]
     head = ["test", "params"] + [f"{p} (s)" for p in providers] + [f"{p} vs eager" for p in providers if p != "eager"]
     head += [f"{p} tokens/s" for p in providers]
+    # The LSTM benchmark's GEMM-only lower bound: each provider's time over it.
+    bounded = [p for p in providers if p not in ("eager", "gemm_bound")] if "gemm_bound" in providers else []
+    head += [f"{p} / gemm_bound" for p in bounded]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in sorted(groups.items()):
         t = {p: row[p]["stats"]["min"] for p in row}
@@ -38,6 +42,7 @@ def summarize(path: str) -> str:
             info = row[p]["extra_info"] if p in row else {}
             tok = info.get("tokens")
             cells.append(f"{tok / t[p]:,.0f}" if tok and p in t else "-")
+        cells += [f"{t[p] / t['gemm_bound']:.2f}" if p in t and "gemm_bound" in t else "-" for p in bounded]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks.common import SHAPES, char_ids, options, real_text_batch, tokens_per_second, unique_words_batch
-from elmo_fast._backend import choose_backend
+from elmo_fast._backend import choose_backend, cpu_has_native_bf16
 from elmo_fast.modules.char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.ops.char_cnn.function import SUPPORTED
@@ -43,6 +43,8 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         pytest.skip("thread count only matters on the CPU")
     if provider == "fast-bf16" and (device != "cpu" or mode != "fwd"):
         pytest.skip("the bf16-GEMM option is CPU inference")
+    if "bf16" in provider and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no avx512_bf16/AMX: bf16 GEMMs would be emulated (slower than fp32)")
     opts = options(preset)
     enc = ElmoCharacterEncoder(opts).to(device)
     batch = real_text_batch(*shape) if data == "real" else unique_words_batch(*shape)

@@ -14,6 +14,7 @@ import torch
 
 from benchmarks.common import SHAPES, real_text_batch, tokens_per_second
 from elmo_fast import Elmo, PRESETS, batch_to_ids
+from elmo_fast._backend import cpu_has_native_bf16
 from elmo_fast.testing import random_tf_weights, write_hdf5
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,6 +59,8 @@ def threads(request):
 def test_elmo_forward(benchmark, weight_files, config, shape, provider, threads):
     if provider == "fast-bf16" and DEVICE != "cpu":
         pytest.skip("the bf16-GEMM option is a CPU inference path")
+    if "bf16" in provider and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no avx512_bf16/AMX: bf16 GEMMs would be emulated (slower than fp32)")
     backend = "torch" if provider == "eager" else None
     elmo = Elmo(config, weight_files[config], 1, dropout=0.0, stateful=False, backend=backend).to(DEVICE).eval()
     batch = real_text_batch(*shape)

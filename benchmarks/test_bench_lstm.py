@@ -9,7 +9,11 @@ with 1 and 2 intra-op threads. Not run by CI (speed is never asserted in tests).
 Select with -k (e.g. "small and fwd and 32x20"); 'original' forward+backward is slow on a CPU.
 Providers: "eager" (lstm_proj_ref, AllenNLP's per-step structure) and the fastest available
 backend for the device ("cpp" on a CPU, "cuda" on a GPU); "triton" too on a GPU; "cpp_bf16" is
-the cpp backend with bf16 GEMM operands and fp32 state (inference only).
+the cpp backend with bf16 GEMM operands and fp32 state (inference only); "gemm_bound" (forward)
+runs only the GEMMs a fused forward must do -- per layer and direction one input-map GEMM over all
+steps, then per step the recurrent and projection GEMMs on the active rows -- through torch.mm
+(cuBLAS on a GPU, MKL on a CPU) into preallocated outputs: the lower bound the LSTM issue measures
+the fused op against ("within 1.5x of the GEMM-only lower bound").
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import pytest
 import torch
 
 from benchmarks.common import options
-from elmo_fast._backend import available_backends
+from elmo_fast._backend import available_backends, cpu_has_native_bf16
 from elmo_fast.modules.lstm import ElmoLstm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FAST = [b for b in ("cuda", "triton") if b in available_backends(DEVICE)] if DEVICE == "cuda" else ["cpp", "cpp_bf16"]
+FAST.append("gemm_bound")
 SHAPES = [(32, 20), (64, 40)]
 
 
@@ -47,6 +52,34 @@ def _inputs(batch: int, words: int, P: int):
     return x.to(DEVICE), mask.to(DEVICE)
 
 
+def _gemm_bound_step(model: ElmoLstm, x: torch.Tensor, mask: torch.Tensor):
+    """The GEMMs of a fused forward and nothing else (no pointwise work, no clipping, no residuals);
+    outputs are preallocated, so the time is the GEMMs' alone. Rows are taken in length order, so
+    step t's active rows are a prefix, as in the fused op."""
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True)
+    active = [int(n) for n in (lengths[order][None, :] > torch.arange(x.shape[1], device=x.device)[:, None]).sum(1)]
+    B, T, _ = x.shape
+    layers = [getattr(model, f"{d}_layer_{k}") for k in range(model.num_layers) for d in ("forward", "backward")]
+    C4, P = layers[0].state_linearity.weight.shape
+    C = C4 // 4
+    gates = torch.empty(T * B, C4, device=x.device)
+    g_step, hp = torch.empty(B, C4, device=x.device), torch.empty(B, P, device=x.device)
+    m = torch.randn(B, C, device=x.device)
+    xs = x.transpose(0, 1).reshape(T * B, -1).contiguous()
+
+    def run():
+        for cell in layers:
+            torch.mm(xs, cell.input_linearity.weight.t(), out=gates)
+            for t in range(T):
+                n = active[t]
+                if n:
+                    torch.mm(hp[:n], cell.state_linearity.weight.t(), out=g_step[:n])
+                    torch.mm(m[:n], cell.state_projection.weight.t(), out=hp[:n])
+
+    return run
+
+
 def _sync():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -61,13 +94,15 @@ def _sync():
 def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
     if DEVICE == "cuda" and threads != 1:
         pytest.skip("thread count only matters on the CPU")
-    if provider == "cpp_bf16" and mode != "fwd":
-        pytest.skip("the bf16-GEMM path is inference-only")
+    if provider in ("cpp_bf16", "gemm_bound") and mode != "fwd":
+        pytest.skip(f"{provider} is a forward-only provider")
+    if "bf16" in provider and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no avx512_bf16/AMX: bf16 GEMMs would be emulated (slower than fp32)")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model = _model(preset)
-        model.set_backend({"eager": "torch", "cpp_bf16": "cpp"}.get(provider, provider))
+        model.set_backend({"eager": "torch", "cpp_bf16": "cpp", "gemm_bound": "torch"}.get(provider, provider))
         model.set_gemm_dtype(torch.bfloat16 if provider == "cpp_bf16" else None)
         x, mask = _inputs(*shape, model.hidden_size)
         if mode == "fwdbwd":
@@ -75,8 +110,13 @@ def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
             x.requires_grad_(True)
             grad = torch.randn(model.num_layers, *x.shape[:2], 2 * model.hidden_size, device=DEVICE)
 
+        bound = _gemm_bound_step(model, x, mask) if provider == "gemm_bound" else None
+
         def step():
-            if mode == "fwd":
+            if bound is not None:
+                with torch.no_grad():
+                    bound()
+            elif mode == "fwd":
                 with torch.no_grad():
                     model(x, mask)
             else:
@@ -87,7 +127,8 @@ def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
         slow = DEVICE == "cpu" and preset == "original"
         benchmark.pedantic(step, rounds=2 if slow else 4, iterations=1, warmup_rounds=1)
         benchmark.extra_info.update(device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-                                    tokens=shape[0] * (shape[1] + 2), threads=threads)
+                                    tokens=shape[0] * (shape[1] + 2), threads=threads, steps=shape[1] + 2)
+        benchmark.extra_info["ms_per_step"] = 1e3 * benchmark.stats.stats.min / (shape[1] + 2)
         benchmark.extra_info["tokens_per_s"] = benchmark.extra_info["tokens"] / benchmark.stats.stats.mean
     finally:
         torch.set_num_threads(old)

@@ -1,0 +1,58 @@
+"""The whole Elmo on a CUDA GPU (default backend: the CUDA or Triton kernels) against the eager
+reference on the CPU: outputs and the gradients of a fine-tuning step, fp32 and bf16. Skipped,
+with the reason, without a GPU; benchmarks/gpu_session.sh runs it on one."""
+
+import json
+
+import pytest
+import torch
+
+from elmo_fast import Elmo, batch_to_ids
+from elmo_fast._backend import available_backends
+from elmo_fast.testing import assert_close, random_tf_weights, small_options, write_hdf5
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SENTENCES = [["The", "cat", "sat", "on", "the", "mat", "."], ["a"], ["Supercalifragilistic" * 3, "x", "the", "."],
+             ["naïve", "café", "😀", "the"], []]
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    opts = small_options()
+    d = tmp_path_factory.mktemp("elmo_cuda")
+    write_hdf5(d / "weights.hdf5", random_tf_weights(opts, scale=3.0, seed=2))
+    (d / "options.json").write_text(json.dumps(opts))
+    return str(d / "options.json"), str(d / "weights.hdf5")
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cuda", "triton") if torch.cuda.is_available() and b in available_backends("cuda")] or ["none"])
+def test_elmo_on_gpu_matches_cpu_reference(model_files, backend, exact_fp32):
+    if backend == "none":
+        pytest.fail("a CUDA GPU is visible but neither the CUDA extension nor Triton is usable on it")
+    ids = batch_to_ids(SENTENCES)
+    kw = dict(num_output_representations=2, dropout=0.0, stateful=False, requires_grad=True)
+    ref = Elmo(*model_files, backend="torch", **kw)
+    fast = Elmo(*model_files, backend=backend, **kw).cuda()
+    a, b = ref(ids), fast(ids.cuda())
+    assert torch.equal(a["mask"], b["mask"].cpu())
+    for k in range(2):
+        assert_close(f"representation {k}", a["elmo_representations"][k], b["elmo_representations"][k].cpu(), 2e-4, 2e-4)
+    probe = torch.randn_like(a["elmo_representations"][0])
+    torch.autograd.backward(a["elmo_representations"][0], probe)
+    torch.autograd.backward(b["elmo_representations"][0], probe.cuda())
+    grads = dict(fast.named_parameters())
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            assert_close(f"grad {name}", p.grad, grads[name].grad.cpu(), 1e-3, 1e-3)
+
+
+def test_elmo_bf16_on_gpu_is_close(model_files):
+    ids = batch_to_ids(SENTENCES)
+    ref = Elmo(*model_files, 1, dropout=0.0, stateful=False, backend="torch")
+    low = Elmo(*model_files, 1, dropout=0.0, stateful=False).cuda().to(torch.bfloat16)
+    with torch.no_grad():
+        a = ref(ids)["elmo_representations"][0]
+        b = low(ids.cuda())["elmo_representations"][0].float().cpu()
+    rel_rms = ((a - b).pow(2).mean() / a.pow(2).mean()).sqrt().item()
+    assert rel_rms < 5e-2, rel_rms
