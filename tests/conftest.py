@@ -1,13 +1,16 @@
 import os
 
-# Triton kernels run on the CPU only under the interpreter, which must be switched on before
-# triton (or elmo_fast) is first imported. It is harmless for everything else: on a CPU the
-# default backend choice never picks Triton.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import pytest
 import torch
+
+# Triton kernels run on the CPU only under the interpreter, which must be switched on before the
+# first @triton.jit (importing elmo_fast's Triton modules). It is harmless for everything else: on
+# a CPU the default backend choice never picks Triton. Not with a GPU: there the interpreter would
+# run the kernels on host copies, and the Triton tests would never compile a kernel for the GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from elmo_fast.testing import assert_close  # noqa: F401  (re-exported for tests)
 
@@ -18,6 +21,17 @@ SHARED_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(os.path.dirna
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 references in true fp32 on a GPU: cuDNN convolutions default to TF32 (~1e-3 relative
+    error), far outside the fp32 tolerances the fast kernels, which compute in fp32, are held to.
+    (Saved and restored by hand: monkeypatch cannot restore torch.backends.cuda.matmul's flags.)"""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def shared_data(*parts: str) -> str:

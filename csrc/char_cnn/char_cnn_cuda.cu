@@ -38,6 +38,11 @@ struct Acc<double> {
   using type = double;
 };
 
+// Not tanhf: under --use_fast_math (setup.py) it compiles to tanh.approx.f32, ~5e-4 relative
+// error; 1 - 2 / (1 + e^2v) through __expf is good to ~1e-7 and saturates to +-1 cleanly.
+__device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f / (1.0f + __expf(2.0f * v)); }
+__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
+
 template <typename scalar_t>
 __global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32_t* __restrict__ tails,
                                     const scalar_t* __restrict__ emb, const scalar_t* __restrict__ weight /*[F_i,E,w]*/,
@@ -79,7 +84,7 @@ __global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32
     }
   }
   const acc_t pre = best + static_cast<acc_t>(bias[f]);
-  const acc_t y = relu ? (pre > acc_t(0) ? pre : acc_t(0)) : tanh(pre);
+  const acc_t y = relu ? (pre > acc_t(0) ? pre : acc_t(0)) : tanh_(pre);
   out[n * F_total + col + f] = static_cast<scalar_t>(y);
   amax[n * F_total + col + f] = best_at;
 }
@@ -139,7 +144,8 @@ at::Tensor tail_starts(const at::Tensor& ids) {
 }
 
 void check_cuda(const at::Tensor& char_ids, const at::Tensor& embedding, at::TensorList weights) {
-  TORCH_CHECK(char_ids.is_cuda() && embedding.is_cuda(), "char_cnn (cuda backend): tensors must be on a CUDA device");
+  TORCH_CHECK(char_ids.is_cuda() && embedding.is_cuda() && char_ids.device() == embedding.device(),
+              "char_cnn (cuda backend): char_ids and the embedding must be on one CUDA device");
   TORCH_CHECK(char_ids.dim() == 2 && char_ids.scalar_type() == at::kLong, "char_cnn: char_ids must be int64 [N, W]");
   TORCH_CHECK(embedding.dim() == 2, "char_cnn: embedding must be [V, E]");
   for (const auto& w : weights)
@@ -171,6 +177,10 @@ std::tuple<at::Tensor, at::Tensor> char_cnn_conv_max_cuda(const at::Tensor& char
     auto w = weights[i].contiguous();
     auto b = biases[i].contiguous();
     const int F_i = static_cast<int>(w.size(0)), width = static_cast<int>(w.size(2));
+    // The kernel reads F_i biases through a raw device pointer: a short or host-side bias would be
+    // an out-of-bounds / illegal-address read rather than an error.
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == F_i && b.scalar_type() == emb.scalar_type() && b.device() == emb.device(),
+                "char_cnn: bias ", i, " must be [", F_i, "] on the embedding's device and dtype, got ", b.sizes());
     const dim3 grid(static_cast<unsigned>((N + kTN - 1) / kTN), static_cast<unsigned>((F_i + kTF - 1) / kTF));
     const dim3 block(kTF, kTN);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "char_cnn_fwd_cuda", [&] {
@@ -201,6 +211,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> char_cn
   auto dpre = (activation == "relu" ? grad.to(at::kFloat) * f32.gt(0).to(at::kFloat)
                                     : grad.to(at::kFloat) * (1 - f32 * f32))
                   .contiguous();
+  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == dpre.sizes() && argmax.device() == embedding.device(),
+              "char_cnn backward: argmax must be int32 [N, F] like the features, on the embedding's device");
   auto am = argmax.contiguous();
   auto dpre_t = dpre.t().contiguous();
   auto am_t = am.t().contiguous();

@@ -1,5 +1,5 @@
 // Shared declarations of the LSTM-with-projection sequence op (CPU in lstm_proj.cpp, CUDA step
-// kernels in lstm_proj_cuda.cpp / lstm_proj_kernels.cu).
+// kernels and their op registration in lstm_proj_kernels.cu).
 //
 // Layout (haste-style): rows are sorted by length, descending, once per call, so the rows active
 // at time position t are always a prefix [0, active[t]) of the sorted batch -- in both

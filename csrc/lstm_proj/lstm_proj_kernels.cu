@@ -14,31 +14,49 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Pointwise math in fp32 for fp32/fp16/bf16 (fast __expf), in fp64 for fp64, like the CPU op.
 template <typename T>
-__device__ __forceinline__ float to_f(T v) {
-  return static_cast<float>(v);
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename T>
+__device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
+  return static_cast<typename Acc<T>::type>(v);
 }
 
-__device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + __expf(-v)); }
+__device__ __forceinline__ float sigmoid_(float v) { return 1.0f / (1.0f + __expf(-v)); }
+__device__ __forceinline__ double sigmoid_(double v) { return 1.0 / (1.0 + exp(-v)); }
+// Not tanhf: under --use_fast_math (setup.py) it compiles to tanh.approx.f32, ~5e-4 relative
+// error; 1 - 2 / (1 + e^2v) through __expf is good to ~1e-7 and saturates to +-1 cleanly.
+__device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f / (1.0f + __expf(2.0f * v)); }
+__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
 
 // gates [n, 4C]: pre-activations (no bias) in, post-activations out. c [n, C]: state in, clipped
-// new cell out. c_raw: unclipped cell. m: o * tanh(clip(c)). Grid (ceil(C / kThreads), n).
+// new cell out. c_raw: unclipped cell. m: o * tanh(clip(c)). Grid (n, ceil(C / kThreads)): rows
+// on x, whose limit is 2^31 - 1 (gridDim.y stops at 65535, a plausible batch size).
 template <typename T>
 __global__ void lstm_proj_fwd_step_kernel(T* __restrict__ gates, const T* __restrict__ bias, T* __restrict__ c,
-                                          T* __restrict__ c_raw, T* __restrict__ m, int64_t C, float hi) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t r = blockIdx.y;
+                                          T* __restrict__ c_raw, T* __restrict__ m, int64_t C, double clip) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t r = blockIdx.x;
   if (j >= C) return;
+  const acc_t hi = static_cast<acc_t>(clip);
   T* g = gates + r * 4 * C;
-  const float i = sigmoid_f(to_f(g[j]) + to_f(bias[j]));
-  const float f = sigmoid_f(to_f(g[C + j]) + to_f(bias[C + j]));
-  const float gg = tanhf(to_f(g[2 * C + j]) + to_f(bias[2 * C + j]));
-  const float o = sigmoid_f(to_f(g[3 * C + j]) + to_f(bias[3 * C + j]));
-  const float cn = i * gg + f * to_f(c[r * C + j]);
-  const float cc = fminf(fmaxf(cn, -hi), hi);
+  const acc_t i = sigmoid_(to_acc(g[j]) + to_acc(bias[j]));
+  const acc_t f = sigmoid_(to_acc(g[C + j]) + to_acc(bias[C + j]));
+  const acc_t gg = tanh_(to_acc(g[2 * C + j]) + to_acc(bias[2 * C + j]));
+  const acc_t o = sigmoid_(to_acc(g[3 * C + j]) + to_acc(bias[3 * C + j]));
+  const acc_t cn = i * gg + f * to_acc(c[r * C + j]);
+  const acc_t cc = fmin(fmax(cn, -hi), hi);
   c_raw[r * C + j] = static_cast<T>(cn);
   c[r * C + j] = static_cast<T>(cc);
-  m[r * C + j] = static_cast<T>(o * tanhf(cc));
+  m[r * C + j] = static_cast<T>(o * tanh_(cc));
   g[j] = static_cast<T>(i);
   g[C + j] = static_cast<T>(f);
   g[2 * C + j] = static_cast<T>(gg);
@@ -51,31 +69,34 @@ template <typename T>
 __global__ void lstm_proj_bwd_step_kernel(const T* __restrict__ gates, const T* __restrict__ c_raw,
                                           const T* __restrict__ c_raw_prev, const T* __restrict__ c0,
                                           const int32_t* __restrict__ first, const T* __restrict__ dm,
-                                          T* __restrict__ dc, T* __restrict__ dz, int64_t C, float hi) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t r = blockIdx.y;
+                                          T* __restrict__ dc, T* __restrict__ dz, int64_t C, double clip) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t r = blockIdx.x;
   if (j >= C) return;
+  const acc_t hi = static_cast<acc_t>(clip);
   const T* g = gates + r * 4 * C;
-  const float i = to_f(g[j]), f = to_f(g[C + j]), gg = to_f(g[2 * C + j]), o = to_f(g[3 * C + j]);
-  const float cn = to_f(c_raw[r * C + j]);
-  const float cc = fminf(fmaxf(cn, -hi), hi);
-  const float tc = tanhf(cc);
-  const float d_m = to_f(dm[r * C + j]);
-  const float pass = fabsf(cn) <= hi ? 1.0f : 0.0f;
-  const float dcn = (d_m * o * (1.0f - tc * tc) + to_f(dc[r * C + j])) * pass;
-  const float c_prev =
-      first[r] ? to_f(c0[r * C + j]) : fminf(fmaxf(to_f(c_raw_prev[r * C + j]), -hi), hi);
+  const acc_t i = to_acc(g[j]), f = to_acc(g[C + j]), gg = to_acc(g[2 * C + j]), o = to_acc(g[3 * C + j]);
+  const acc_t cn = to_acc(c_raw[r * C + j]);
+  const acc_t cc = fmin(fmax(cn, -hi), hi);
+  const acc_t tc = tanh_(cc);
+  const acc_t d_m = to_acc(dm[r * C + j]);
+  const acc_t pass = fabs(cn) <= hi ? acc_t(1) : acc_t(0);
+  const acc_t dcn = (d_m * o * (acc_t(1) - tc * tc) + to_acc(dc[r * C + j])) * pass;
+  const acc_t c_prev = first[r] ? to_acc(c0[r * C + j]) : fmin(fmax(to_acc(c_raw_prev[r * C + j]), -hi), hi);
   T* d = dz + r * 4 * C;
-  d[j] = static_cast<T>(dcn * gg * i * (1.0f - i));
-  d[C + j] = static_cast<T>(dcn * c_prev * f * (1.0f - f));
-  d[2 * C + j] = static_cast<T>(dcn * i * (1.0f - gg * gg));
-  d[3 * C + j] = static_cast<T>(d_m * tc * o * (1.0f - o));
+  d[j] = static_cast<T>(dcn * gg * i * (acc_t(1) - i));
+  d[C + j] = static_cast<T>(dcn * c_prev * f * (acc_t(1) - f));
+  d[2 * C + j] = static_cast<T>(dcn * i * (acc_t(1) - gg * gg));
+  d[3 * C + j] = static_cast<T>(d_m * tc * o * (acc_t(1) - o));
   dc[r * C + j] = static_cast<T>(dcn * f);
 }
 
-inline float bound(double clip) { return clip > 0 ? static_cast<float>(clip) : INFINITY; }
+inline double bound(double clip) { return clip > 0 ? clip : INFINITY; }
 
-inline dim3 grid(int64_t C, int64_t n) { return dim3(static_cast<unsigned>((C + kThreads - 1) / kThreads), n); }
+inline dim3 grid(int64_t C, int64_t n) {
+  return dim3(static_cast<unsigned>(n), static_cast<unsigned>((C + kThreads - 1) / kThreads));
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_proj_fwd_cuda(const at::Tensor& x_, const at::Tensor& lengths, const at::Tensor& w_in_, const at::Tensor& w_rec_,

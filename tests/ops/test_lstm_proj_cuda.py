@@ -37,19 +37,47 @@ def test_cuda_sources_compile(src, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def _require_cuda_ext():
+    if _ext.cuda_ext() is None:
+        pytest.fail(f"a GPU is present but elmo_fast._C_cuda is not built ({_ext.load_error('_C_cuda')}); {_ext.INSTALL_HINT}")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
-def test_cuda_matches_reference(reverse, clips):
-    if _ext.cuda_ext() is None:
-        pytest.fail(f"a GPU is present but elmo_fast._C_cuda is not built ({_ext.load_error('_C_cuda')}); {_ext.INSTALL_HINT}")
+def test_cuda_matches_reference(reverse, clips, exact_fp32):
+    _require_cuda_ext()
     from tests.ops.test_lstm_proj import NAMES, make_inputs, run
 
     x, lengths, ws, h0, c0 = make_inputs(B=7, T=9, I=5, C=300, P=6, scale=2.0)  # C > one 256-thread block
     x, ws, h0, c0 = x.cuda(), [w.cuda() for w in ws], h0.cuda(), c0.cuda()
     grads = [torch.randn(7, 9, 6, device="cuda"), torch.randn(7, 6, device="cuda"), torch.randn(7, 300, device="cuda")]
-    torch.backends.cuda.matmul.allow_tf32 = False
     ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, *clips, reverse, grads)
     outs, d = run("cuda", x, lengths, ws, h0, c0, *clips, reverse, grads)
     for name, r, o in zip(("out", "h_n", "c_n") + NAMES, list(ref_outs) + list(ref_d), list(outs) + list(d)):
-        assert_close(name, r, o, atol=2e-4, rtol=1e-3)  # __expf / tanhf vs torch's kernels
+        assert_close(name, r, o, atol=2e-4, rtol=1e-3)  # __expf (sigmoid, tanh) vs torch's kernels
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_other_dtypes(dtype, exact_fp32):
+    """fp64: the kernels' math runs in fp64 (close to the fp64 reference); fp16/bf16 (fp32 math
+    inside): output error vs the fp64 reference at most 2x that of eager run in the same dtype."""
+    _require_cuda_ext()
+    from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
+    from tests.ops.test_lstm_proj import make_inputs
+
+    x, lengths, ws, h0, c0 = make_inputs(B=7, T=9, I=5, C=300, P=6, dtype=torch.float64, scale=2.0)
+    x, ws, h0, c0 = x.cuda(), [w.cuda() for w in ws], h0.cuda(), c0.cuda()
+    ref = lstm_proj_ref(x, lengths, *ws, 0.7, 0.4, False, h0, c0)
+    low_in = (x.to(dtype), [w.to(dtype) for w in ws], h0.to(dtype), c0.to(dtype))
+    low = lstm_proj_ref(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:])
+    with torch.no_grad():
+        out = lstm_proj(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:], backend="cuda")
+    for name, r, lo, o in zip(("out", "h_n", "c_n"), ref, low, out):
+        assert o.dtype == dtype
+        if dtype == torch.float64:
+            assert_close(name, r, o, atol=1e-10, rtol=1e-8)
+            continue
+        err, err_low = (o.double() - r).abs().max().item(), (lo.double() - r).abs().max().item()
+        assert err <= 2 * err_low + 1e-3, f"{name}: {err:.3g} vs eager {dtype} {err_low:.3g}"

@@ -19,6 +19,7 @@ from elmo_fast.testing import assert_close
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 RUNNABLE = _ext.has_triton() and (INTERPRET or torch.cuda.is_available())
 here = pytest.mark.skipif(not RUNNABLE, reason="Triton kernels need TRITON_INTERPRET=1 or a GPU; covered on CPU by test_interpreter_subprocess")
+pytestmark = pytest.mark.usefixtures("exact_fp32")
 
 
 @pytest.mark.skipif(RUNNABLE or not _ext.has_triton(), reason="in-process Triton tests run here already" if RUNNABLE else "triton not installed")
@@ -29,6 +30,11 @@ def test_interpreter_subprocess():
                           env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2].replace("1 skipped", ""), proc.stdout[-2000:]
+
+
+# fp32 on a GPU: the kernels' dots are ieee (not TF32) and torch's GEMMs do not use TF32 by default,
+# so only the fast exp of sigmoid/tanh differs from the reference (as in test_lstm_proj_cuda).
+GPU_TOL = {"atol": 2e-4, "rtol": 1e-3}
 
 
 def _device():
@@ -61,8 +67,7 @@ def test_triton_matches_reference(reverse, clips, fwd_path):
     grads = [torch.randn(5, 6, 4, device=dev), torch.randn(5, 4, device=dev), torch.randn(5, 19, device=dev)]
     ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, *clips, reverse, grads)
     outs, d = run("triton", x, lengths, ws, h0, c0, *clips, reverse, grads)
-    # tf32 on a GPU: looser there
-    tol = {} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}
+    tol = {} if dev == "cpu" else GPU_TOL
     for name, r, o in zip(("out", "h_n", "c_n", "dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0"),
                           list(ref_outs) + list(ref_d), list(outs) + list(d)):
         assert_close(name, r, o, **tol)
@@ -82,7 +87,7 @@ def test_triton_no_grad_path(fwd_path):
     with torch.no_grad():
         out = lstm_proj(x, lengths, *ws, 0.5, 0.3, True, backend="triton")
     for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
-        assert_close(name, r, o, **({} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}))
+        assert_close(name, r, o, **({} if dev == "cpu" else GPU_TOL))
 
 
 @here
@@ -97,7 +102,7 @@ def test_time_loop_several_programs_and_padded_sizes(fwd_path):
     grads = [torch.randn(21, 7, 20, device=dev), torch.randn(21, 20, device=dev), torch.randn(21, 40, device=dev)]
     ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, 1.0, 0.8, True, grads)
     outs, d = run("triton", x, lengths, ws, h0, c0, 1.0, 0.8, True, grads)
-    tol = {} if dev == "cpu" else {"atol": 5e-3, "rtol": 5e-3}
+    tol = {} if dev == "cpu" else GPU_TOL
     for name, r, o in zip(("out", "h_n", "c_n", "dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0"),
                           list(ref_outs) + list(ref_d), list(outs) + list(d)):
         assert_close(name, r, o, **tol)

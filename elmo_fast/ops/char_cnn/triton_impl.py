@@ -17,6 +17,8 @@ Inputs may be fp32, bf16 or fp16; products are accumulated in fp32.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +48,8 @@ def _char_cnn_fwd_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_f = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 rows: offs_n * F_total passes 2^31 from ~1M tokens (F_total = 2048 in ELMo).
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
@@ -108,13 +111,21 @@ def _char_cnn_bwd_weight_kernel(
     dim = offs_k % E
     acc = tl.zeros((BLOCK_F, BLOCK_K), tl.float32)
     acc_b = tl.zeros((BLOCK_F,), tl.float32)
+    # Row pointers advance by one row per token (64-bit pointer arithmetic): an int32 n * F_total
+    # would overflow from ~1M tokens.
+    dpre_row = dpre_ptr + col + offs_f
+    amax_row = amax_ptr + col + offs_f
+    ids_row = ids_ptr
     for n in range(0, N):
-        d = tl.load(dpre_ptr + n * F_total + col + offs_f, mask=f_mask, other=0.0)  # [BLOCK_F]
-        a = tl.load(amax_ptr + n * F_total + col + offs_f, mask=f_mask, other=0)
-        cid = tl.load(ids_ptr + n * W + a[:, None] + tap[None, :], mask=m, other=0)  # [BLOCK_F, BLOCK_K]
+        d = tl.load(dpre_row, mask=f_mask, other=0.0)  # [BLOCK_F]
+        a = tl.load(amax_row, mask=f_mask, other=0)
+        cid = tl.load(ids_row + a[:, None] + tap[None, :], mask=m, other=0)  # [BLOCK_F, BLOCK_K]
         x = tl.load(emb_ptr + cid * E + dim[None, :], mask=m, other=0.0).to(tl.float32)
         acc += d[:, None] * x
         acc_b += d
+        dpre_row += F_total
+        amax_row += F_total
+        ids_row += W
     tl.store(dw_ptr + offs_f[:, None] * (WIDTH * E) + offs_k[None, :], acc, mask=m)
     tl.store(db_ptr + offs_f, acc_b, mask=f_mask)
 
@@ -135,7 +146,7 @@ def _char_cnn_bwd_embedding_kernel(
     BLOCK_F: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    n = tl.program_id(0)
+    n = tl.program_id(0).to(tl.int64)  # n * F_total overflows int32 from ~1M tokens
     offs_f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_k = tl.arange(0, BLOCK_K)
     f_mask = offs_f < F_i
@@ -146,6 +157,18 @@ def _char_cnn_bwd_embedding_kernel(
     w = tl.load(w_ptr + offs_f[:, None] * (WIDTH * E) + offs_k[None, :], mask=m, other=0.0).to(tl.float32)
     cid = tl.load(ids_ptr + n * W + a[:, None] + offs_k[None, :] // E, mask=m, other=0)
     tl.atomic_add(demb_ptr + cid * E + (offs_k % E)[None, :], d[:, None] * w, mask=m & (d != 0.0)[:, None])
+
+
+def _on_device_of_first_arg(fn):
+    """Triton launches on the current CUDA device, not on the tensors' one: make the first
+    argument's device current (a no-op for CPU tensors under the interpreter)."""
+
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        with torch.cuda.device_of(first):
+            return fn(first, *args, **kwargs)
+
+    return wrapper
 
 
 def _block_k(width: int, E: int) -> int:
@@ -161,6 +184,7 @@ def tail_starts(char_ids: torch.Tensor) -> torch.Tensor:
     return (W - run).to(torch.int32)
 
 
+@_on_device_of_first_arg
 def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: int = 32, block_f: int = 32):
     """(features `[N, F]` in the weights' dtype, argmax int32 `[N, F]`) for ids `[N, W]`."""
     N, W = char_ids.shape
@@ -187,6 +211,7 @@ def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: i
     return feats, argmax
 
 
+@_on_device_of_first_arg
 def char_cnn_conv_max_bwd(grad, char_ids, emb, weights, feats, argmax, activation, block_f: int = 32):
     """(d_embedding `[V, E]`, [d_weight_i `[F_i, E, w_i]`], [d_bias_i `[F_i]`]) through the argmax."""
     N, W = char_ids.shape
