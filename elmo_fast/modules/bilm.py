@@ -65,7 +65,7 @@ class ElmoBiLm(nn.Module):
     def set_gemm_dtype(self, dtype: torch.dtype | None) -> None:
         """CPU inference precision of the GEMMs: torch.bfloat16 runs the highway, projection and LSTM
         GEMMs with bf16 operands and fp32 accumulation, keeping the conv, gates, cell state and outputs
-        in fp32 (~2x faster on CPUs with avx512_bf16/AMX; error in benchmarks/results/elmo_cpu.md).
+        in fp32 (~2x faster on CPUs with avx512_bf16/AMX; error in benchmarks/results/zen4/elmo_cpu.md).
         Inference only: a forward that needs gradients raises. None: fp32 throughout."""
         if dtype not in (None, torch.bfloat16):
             raise ValueError(f"gemm dtype must be None or torch.bfloat16, got {dtype}")

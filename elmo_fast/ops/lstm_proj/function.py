@@ -128,7 +128,7 @@ def lstm_proj(
         backend: "cpp" | "cuda" | "triton" | "torch"; default from `ELMO_FAST_BACKEND` or the fastest available.
         gemm_dtype: None (fp32 throughout) or torch.bfloat16: inference on the cpp backend with bf16 GEMM
             operands and fp32 accumulation, gates, cell state and outputs (2-7x faster GEMMs on CPUs with
-            avx512_bf16/AMX; error in benchmarks/results/lstm_cpu.md). No gradients.
+            avx512_bf16/AMX; error in benchmarks/results/zen4/lstm_cpu.md). No gradients.
 
     Returns:
         out `[B, T, P]` (exactly 0 past each row's length), h_n `[B, P]`, c_n `[B, C]`.
