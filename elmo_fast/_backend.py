@@ -8,6 +8,7 @@ fallback, so benchmarks never measure something other than what they name.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -88,3 +89,15 @@ def warn_if_bf16_emulated() -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def on_device_of_first_arg(fn):
+    """For Triton launchers: Triton launches on the current CUDA device, not on the tensors' one,
+    so make the first argument's device current (a no-op for CPU tensors under the interpreter)."""
+
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        with torch.cuda.device_of(first):
+            return fn(first, *args, **kwargs)
+
+    return wrapper

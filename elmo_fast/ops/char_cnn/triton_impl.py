@@ -17,11 +17,11 @@ Inputs may be fp32, bf16 or fp16; products are accumulated in fp32.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from ..._backend import on_device_of_first_arg
 
 
 @triton.jit
@@ -159,18 +159,6 @@ def _char_cnn_bwd_embedding_kernel(
     tl.atomic_add(demb_ptr + cid * E + (offs_k % E)[None, :], d[:, None] * w, mask=m & (d != 0.0)[:, None])
 
 
-def _on_device_of_first_arg(fn):
-    """Triton launches on the current CUDA device, not on the tensors' one: make the first
-    argument's device current (a no-op for CPU tensors under the interpreter)."""
-
-    @functools.wraps(fn)
-    def wrapper(first, *args, **kwargs):
-        with torch.cuda.device_of(first):
-            return fn(first, *args, **kwargs)
-
-    return wrapper
-
-
 def _block_k(width: int, E: int) -> int:
     return max(16, triton.next_power_of_2(width * E))
 
@@ -184,7 +172,7 @@ def tail_starts(char_ids: torch.Tensor) -> torch.Tensor:
     return (W - run).to(torch.int32)
 
 
-@_on_device_of_first_arg
+@on_device_of_first_arg
 def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: int = 32, block_f: int = 32):
     """(features `[N, F]` in the weights' dtype, argmax int32 `[N, F]`) for ids `[N, W]`."""
     N, W = char_ids.shape
@@ -211,7 +199,7 @@ def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: i
     return feats, argmax
 
 
-@_on_device_of_first_arg
+@on_device_of_first_arg
 def char_cnn_conv_max_bwd(grad, char_ids, emb, weights, feats, argmax, activation, block_f: int = 32):
     """(d_embedding `[V, E]`, [d_weight_i `[F_i, E, w_i]`], [d_bias_i `[F_i]`]) through the argmax."""
     N, W = char_ids.shape

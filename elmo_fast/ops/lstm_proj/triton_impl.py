@@ -10,11 +10,11 @@ libdevice, so tanh is written as 2 * sigmoid(2x) - 1 (abs. error ~2e-7 in fp32).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from ..._backend import on_device_of_first_arg
 
 
 @triton.jit
@@ -251,18 +251,6 @@ def _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0,
     return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
 
 
-def _on_device_of_first_arg(fn):
-    """Triton launches on the current CUDA device, not on the tensors' one: make the first
-    argument's device current (a no-op for CPU tensors under the interpreter)."""
-
-    @functools.wraps(fn)
-    def wrapper(first, *args, **kwargs):
-        with torch.cuda.device_of(first):
-            return fn(first, *args, **kwargs)
-
-    return wrapper
-
-
 def _block(C: int) -> int:
     return min(1024, triton.next_power_of_2(max(C, 16)))
 
@@ -278,7 +266,7 @@ def _plan(lengths: torch.Tensor, T: int, device: torch.device):
     return perm, inv, sorted_len.to(device), active
 
 
-@_on_device_of_first_arg
+@on_device_of_first_arg
 def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache):
     """Same contract as torch.ops.elmo_fast.lstm_proj_fwd: (out, h_n, c_n, gates, c_raw, m, h_raw, h_prev)."""
     B, T, I = x.shape
@@ -322,7 +310,7 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
     return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
 
 
-@_on_device_of_first_arg
+@on_device_of_first_arg
 def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw,
                   h_prev, cell_clip, proj_clip, reverse):
     """Same contract as torch.ops.elmo_fast.lstm_proj_bwd: (dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0)."""
