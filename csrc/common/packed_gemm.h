@@ -14,6 +14,8 @@
 // needs for one k are 64 contiguous bytes, and a panel's K x 16 block is read sequentially.
 #pragma once
 
+#include "common/cpu_pool.h"
+
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -150,7 +152,9 @@ inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Te
   // Equal blocks (1024 rows as 2 x 516 rather than 1020 + 4), each a whole number of kMR-row tiles,
   // so a block's tiles are the tiles pack_a laid out.
   const int64_t mc = ((M + blocks - 1) / blocks + kMR - 1) / kMR * kMR;
-  at::Tensor a_buf = at::empty({M * K}, packed.options());
+  // From cpu_pool: a training step's input map packs all T x B rows of x (5.5 MB at 'original'
+  // 64 x 40), which a fresh allocation would page-fault in on every call.
+  at::Tensor a_buf = cpu_pool::empty({M * K}, packed.options());
   float* ap = a_buf.data_ptr<float>();
   pack_a(x, M, K, ldx, ap);
   // ~64K multiply-adds per task at least, so small steps stay on one thread.
