@@ -61,6 +61,22 @@ def check_against_ref(backend, x, lengths, ws, h0, c0, cell_clip, proj_clip, rev
     return ref_outs
 
 
+def check_low_precision(backend, dtype, x, lengths, ws, h0, c0):
+    """`backend` run in `dtype` (bf16/fp16; fp32 math inside): output error against the reference in
+    the inputs' own (higher) precision at most 2x that of the eager reference run in `dtype`.
+    Returns (reference, backend output) for further checks."""
+    ref = lstm_proj_ref(x, lengths, *ws, 0.7, 0.4, False, h0, c0)
+    low_in = (x.to(dtype), [w.to(dtype) for w in ws], h0.to(dtype), c0.to(dtype))
+    low = lstm_proj_ref(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:])
+    with torch.no_grad():
+        out = lstm_proj(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:], backend=backend)
+    for name, r, lo, o in zip(("out", "h_n", "c_n"), ref, low, out):
+        assert o.dtype == dtype
+        err, err_low = (o.to(r.dtype) - r).abs().max().item(), (lo.to(r.dtype) - r).abs().max().item()
+        assert err <= 2 * err_low + 1e-3, f"{name}: {err:.3g} vs eager {dtype} {err_low:.3g}"
+    return ref, out
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4), (3.0, 0)])
 def test_matches_reference_fp32(reverse, clips):

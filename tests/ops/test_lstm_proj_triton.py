@@ -113,18 +113,8 @@ def test_time_loop_several_programs_and_padded_sizes(fwd_path):
 def test_low_precision_within_2x_of_eager(dtype, fwd_path):
     """bf16/fp16 weights and activations (fp32 math inside): output error vs the fp32 reference at
     most 2x that of the eager reference run in the same dtype."""
-    from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
-    from tests.ops.test_lstm_proj import make_inputs
+    from tests.ops.test_lstm_proj import check_low_precision, make_inputs
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))
-    x, ws, h0, c0 = x.to(dev), [w.to(dev) for w in ws], h0.to(dev), c0.to(dev)
-    ref = lstm_proj_ref(x, lengths, *ws, 0.7, 0.4, False, h0, c0)
-    low_in = (x.to(dtype), [w.to(dtype) for w in ws], h0.to(dtype), c0.to(dtype))
-    low = lstm_proj_ref(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:])
-    with torch.no_grad():
-        out = lstm_proj(low_in[0], lengths, *low_in[1], 0.7, 0.4, False, *low_in[2:], backend="triton")
-    for name, r, lo, o in zip(("out", "h_n", "c_n"), ref, low, out):
-        assert o.dtype == dtype
-        err, err_low = (o.float() - r).abs().max().item(), (lo.float() - r).abs().max().item()
-        assert err <= 2 * err_low + 1e-3, f"{name}: {err:.3g} vs eager {dtype} {err_low:.3g}"
+    check_low_precision("triton", dtype, x.to(dev), lengths, [w.to(dev) for w in ws], h0.to(dev), c0.to(dev))
