@@ -11,8 +11,13 @@
 // and walks the positions 0..min(L, W - w) (L = start of the token's trailing run of one repeated
 // id; later windows repeat that one bit for bit), keeping a running max and its position. The
 // per-position conv outputs never leave registers.
-// Backward: d_weight one block per filter (threads over the w * E taps, looping over tokens: no
-// atomics); d_embedding one thread per (token, filter), atomically adding into the char rows.
+// Backward: the character-table formulation of char_cnn.cpp. One thread per (token, filter) forms
+// d_pre = grad * act'(y), adds it into the bias gradient (a block-level partial sum, one atomic per
+// filter and block) and scatters it into S[f, j, ids[n, argmax + j]], the gradient of a [F_i, w, V]
+// character table, for every tap j; then two small cuBLAS GEMMs: d_weight[f, :, j] = S[f, j] @ emb
+// and d_embedding += sum_{f, j} S[f, j]^T w[f, :, j]. That is N * F * w atomics (none where d_pre is
+// 0) spread over F * w * V cells, where scattering straight into d_embedding costs E times more on
+// only V * E cells, and every block owns a 2-D tile of (tokens, filters), so the grid is wide.
 // Lean includes (no torch/extension.h): this file needs no Python and compiles much faster.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -89,51 +94,41 @@ __global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32
   amax[n * F_total + col + f] = best_at;
 }
 
-template <typename scalar_t>
-__global__ void char_cnn_bwd_weight_kernel(const int64_t* __restrict__ ids, const scalar_t* __restrict__ emb,
-                                           const float* __restrict__ dpre_t /*[F, N]*/,
-                                           const int32_t* __restrict__ amax_t /*[F, N]*/,
-                                           typename Acc<scalar_t>::type* __restrict__ dw /*[F_i, w, E]*/,
-                                           typename Acc<scalar_t>::type* __restrict__ db, int64_t N, int col, int W,
-                                           int E, int width) {
-  using acc_t = typename Acc<scalar_t>::type;
-  const int f = blockIdx.x;
-  const int K = width * E;
-  const float* d = dpre_t + static_cast<int64_t>(col + f) * N;
-  const int32_t* a = amax_t + static_cast<int64_t>(col + f) * N;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
-    const int j = k / E, e = k % E;
-    acc_t acc = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float dn = d[n];
-      if (dn != 0.f) acc += static_cast<acc_t>(dn) * static_cast<acc_t>(emb[ids[n * W + a[n] + j] * E + e]);
-    }
-    dw[static_cast<int64_t>(f) * K + k] = acc;
-  }
-  if (threadIdx.x == 0) {
-    acc_t s = 0;
-    for (int64_t n = 0; n < N; ++n) s += d[n];
-    db[f] = s;
-  }
-}
+constexpr int kSF = 32;   // filters per scatter block (threadIdx.x)
+constexpr int kSR = 8;    // token rows per scatter block (threadIdx.y)
+constexpr int kSN = 64;   // tokens per scatter block
 
 template <typename scalar_t>
-__global__ void char_cnn_bwd_embedding_kernel(const int64_t* __restrict__ ids, const scalar_t* __restrict__ weight,
-                                              const float* __restrict__ dpre, const int32_t* __restrict__ amax,
-                                              typename Acc<scalar_t>::type* __restrict__ demb, int64_t N, int F_i,
-                                              int F_total, int col, int W, int E, int width) {
+__global__ void char_cnn_bwd_scatter_kernel(const int64_t* __restrict__ ids, const scalar_t* __restrict__ grad,
+                                            const scalar_t* __restrict__ feats, const int32_t* __restrict__ amax,
+                                            typename Acc<scalar_t>::type* __restrict__ table /*[F_i, w, V]*/,
+                                            typename Acc<scalar_t>::type* __restrict__ db, int64_t N, int F_i,
+                                            int F_total, int col, int W, int V, int width, bool relu) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= N * F_i) return;
-  const int64_t n = idx / F_i;
-  const int f = static_cast<int>(idx % F_i);
-  const float d = dpre[n * F_total + col + f];
-  if (d == 0.f) return;
-  const int a = amax[n * F_total + col + f];
-  for (int j = 0; j < width; ++j) {
-    acc_t* row = demb + ids[n * W + a + j] * E;
-    for (int e = 0; e < E; ++e)
-      atomicAdd(row + e, static_cast<acc_t>(d) * static_cast<acc_t>(weight[(static_cast<int64_t>(f) * E + e) * width + j]));
+  __shared__ acc_t part[kSR][kSF];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int f = blockIdx.y * kSF + tx;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSN;
+  const int64_t n1 = n0 + kSN < N ? n0 + kSN : N;
+  acc_t bsum = 0;
+  if (f < F_i) {
+    acc_t* cells = table + static_cast<int64_t>(f) * width * V;
+    for (int64_t n = n0 + ty; n < n1; n += kSR) {
+      const int64_t at = n * F_total + col + f;  // consecutive f: coalesced
+      const acc_t g = static_cast<acc_t>(grad[at]), y = static_cast<acc_t>(feats[at]);
+      const acc_t d = relu ? (y > acc_t(0) ? g : acc_t(0)) : g * (acc_t(1) - y * y);
+      if (d == acc_t(0)) continue;  // relu-inactive filters: about half of them
+      bsum += d;
+      const int64_t* c = ids + n * W + amax[at];
+      for (int j = 0; j < width; ++j) atomicAdd(cells + static_cast<int64_t>(j) * V + c[j], d);
+    }
+  }
+  part[ty][tx] = bsum;
+  __syncthreads();
+  if (ty == 0 && f < F_i) {
+    acc_t s = 0;
+    for (int r = 0; r < kSR; ++r) s += part[r][tx];
+    atomicAdd(db + f, s);
   }
 }
 
@@ -150,8 +145,9 @@ void check_cuda(const at::Tensor& char_ids, const at::Tensor& embedding, at::Ten
   TORCH_CHECK(embedding.dim() == 2, "char_cnn: embedding must be [V, E]");
   for (const auto& w : weights)
     TORCH_CHECK(w.dim() == 3 && w.size(1) == embedding.size(1) && w.size(2) <= char_ids.size(1) &&
-                    w.scalar_type() == embedding.scalar_type() && w.device() == embedding.device(),
-                "char_cnn: each conv weight must be [F_i, E, w_i <= W] on the embedding's device and dtype, got ",
+                    w.size(0) > 0 && w.size(2) > 0 && w.scalar_type() == embedding.scalar_type() &&
+                    w.device() == embedding.device(),
+                "char_cnn: each conv weight must be [F_i >= 1, E, 1 <= w_i <= W] on the embedding's device and dtype, got ",
                 w.sizes());
 }
 
@@ -206,44 +202,51 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> char_cn
   TORCH_CHECK(activation == "relu" || activation == "tanh", "char_cnn: activation must be 'relu' or 'tanh'");
   check_cuda(char_ids, embedding, weights);
   const c10::cuda::CUDAGuard guard(embedding.device());
-  const int64_t N = char_ids.size(0), W = char_ids.size(1), E = embedding.size(1);
-  auto f32 = features.to(at::kFloat);
-  auto dpre = (activation == "relu" ? grad.to(at::kFloat) * f32.gt(0).to(at::kFloat)
-                                    : grad.to(at::kFloat) * (1 - f32 * f32))
-                  .contiguous();
-  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == dpre.sizes() && argmax.device() == embedding.device(),
+  const int64_t N = char_ids.size(0), W = char_ids.size(1), V = embedding.size(0), E = embedding.size(1);
+  TORCH_CHECK(features.dim() == 2 && features.size(0) == N && features.scalar_type() == embedding.scalar_type() &&
+                  features.device() == embedding.device(),
+              "char_cnn backward: features must be [N, F] in the embedding's dtype, on its device; got ",
+              features.sizes(), " ", features.scalar_type());
+  TORCH_CHECK(grad.sizes() == features.sizes() && grad.device() == embedding.device(),
+              "char_cnn backward: grad must match the features' shape ", features.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == features.sizes() && argmax.device() == embedding.device(),
               "char_cnn backward: argmax must be int32 [N, F] like the features, on the embedding's device");
+  auto g = grad.to(features.scalar_type()).contiguous();
+  auto y = features.contiguous();
   auto am = argmax.contiguous();
-  auto dpre_t = dpre.t().contiguous();
-  auto am_t = am.t().contiguous();
   auto ids = char_ids.contiguous();
   auto emb = embedding.contiguous();
   const auto acc_type = emb.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto demb = at::zeros(emb.sizes(), emb.options().dtype(acc_type));
-  const int F_total = static_cast<int>(dpre.size(1));
+  const auto acc_opts = emb.options().dtype(acc_type);
+  auto emb_acc = emb.to(acc_type);
+  auto demb = at::zeros(emb.sizes(), acc_opts);
+  const int F_total = static_cast<int>(features.size(1));
   auto stream = c10::cuda::getCurrentCUDAStream();
   std::vector<at::Tensor> gw, gb;
   int col = 0;
   for (const auto& w_in : weights) {
     auto w = w_in.contiguous();
     const int F_i = static_cast<int>(w.size(0)), width = static_cast<int>(w.size(2));
-    auto dw = at::zeros({F_i, width, E}, emb.options().dtype(acc_type));
-    auto db = at::zeros({F_i}, emb.options().dtype(acc_type));
+    TORCH_CHECK(col + F_i <= F_total, "char_cnn backward: the weights have more filters than the features' ", F_total,
+                " columns");
+    auto table = at::zeros({F_i, width, V}, acc_opts);
+    auto db = at::zeros({F_i}, acc_opts);
     if (N > 0) {
+      const dim3 grid(static_cast<unsigned>((N + kSN - 1) / kSN), static_cast<unsigned>((F_i + kSF - 1) / kSF));
+      const dim3 block(kSF, kSR);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "char_cnn_bwd_cuda", [&] {
         using acc_t = typename Acc<scalar_t>::type;
-        char_cnn_bwd_weight_kernel<scalar_t><<<F_i, 128, 0, stream>>>(
-            ids.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), dpre_t.data_ptr<float>(), am_t.data_ptr<int32_t>(),
-            dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), N, col, static_cast<int>(W), static_cast<int>(E), width);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        const int64_t total = N * F_i;
-        char_cnn_bwd_embedding_kernel<scalar_t><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
-            ids.data_ptr<int64_t>(), w.data_ptr<scalar_t>(), dpre.data_ptr<float>(), am.data_ptr<int32_t>(),
-            demb.data_ptr<acc_t>(), N, F_i, F_total, col, static_cast<int>(W), static_cast<int>(E), width);
+        char_cnn_bwd_scatter_kernel<scalar_t><<<grid, block, 0, stream>>>(
+            ids.data_ptr<int64_t>(), g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), am.data_ptr<int32_t>(),
+            table.data_ptr<acc_t>(), db.data_ptr<acc_t>(), N, F_i, F_total, col, static_cast<int>(W),
+            static_cast<int>(V), width, activation == "relu");
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
-    // dw is [F_i, w, E] (k = j * E + e); the Conv1d layout is [F_i, E, w].
+    auto flat = table.view({F_i * width, V});
+    auto dw = at::matmul(flat, emb_acc).view({F_i, width, E});  // [F_i, w, E]
+    demb.addmm_(flat.t(), w.to(acc_type).permute({0, 2, 1}).reshape({F_i * width, E}));
+    // The Conv1d layout is [F_i, E, w].
     gw.push_back(dw.permute({0, 2, 1}).contiguous().to(w.scalar_type()));
     gb.push_back(db.to(w.scalar_type()));
     col += F_i;

@@ -14,9 +14,9 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref  # noqa: E402
-from elmo_fast.ops.char_cnn.function import char_cnn_conv_max  # noqa: E402
+from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, char_cnn_conv_max  # noqa: E402
 from elmo_fast.ops.char_cnn.triton_impl import tail_starts  # noqa: E402
-from elmo_fast.testing import TOLERANCES, assert_close  # noqa: E402
+from elmo_fast.testing import TOLERANCES, assert_close, random_char_ids  # noqa: E402
 from tests.ops.test_char_cnn import flat, make_params, mixed_ids  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,3 +83,46 @@ def test_tail_starts():
             L -= 1
         expect.append(L)
     assert tail_starts(ids).tolist() == expect
+
+
+def test_triton_gradcheck_fp64():
+    """fp64 end to end (the forward's tl.dot, the scatter's fp64 atomics, the table GEMMs); fast
+    mode keeps the interpreter to a few dozen calls."""
+    ids = torch.cat([random_char_ids(3, seed=5, max_len=6), torch.zeros(1, 50, dtype=torch.long)])
+    ids = torch.cat([ids, ids[:1]]).to(DEVICE)
+    emb, ws, bs, *_ = _to(make_params(filters=((1, 2), (3, 3)), E=3, P=2, dtype=torch.float64), DEVICE)
+
+    def conv_only(emb, w0, w1, b0, b1):
+        return CharConvMaxFunction.apply("triton", "tanh", ids, emb, 2, w0, w1, b0, b1)[0]
+
+    assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    DEVICE == "cpu", reason="the Triton interpreter miscomputes bf16 dots (TOOLCHAIN.md): bf16 runs on a GPU only"))])
+def test_triton_low_precision_gradients_within_twice_eager_error(dtype):
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    p32 = _to(make_params(filters=FILTERS), DEVICE)
+    plo = _to(p32, DEVICE, dtype)
+    ins32, inslo = [p32[0], *p32[1], *p32[2]], [plo[0], *plo[1], *plo[2]]
+    ref, _ = char_cnn_conv_max(ids, p32[0], p32[1], p32[2], "tanh", backend="torch")
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, ins32, grad)
+    out, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "tanh", backend="triton")
+    g_out = torch.autograd.grad(out, inslo, grad.to(dtype))
+    eager, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "tanh", backend="torch")
+    g_eager = torch.autograd.grad(eager, inslo, grad.to(dtype))
+    for k, (r, o, e) in enumerate(zip(g_ref, g_out, g_eager)):
+        assert o.dtype == dtype
+        eager_err = (e.float() - r).abs().max().item()
+        err = (o.float() - r).abs().max().item()
+        assert err <= 2 * eager_err + TOLERANCES[dtype][0] * max(1.0, r.abs().max().item()), f"grad {k}: {err} vs eager {eager_err}"
+
+
+def test_width_with_zero_filters_is_a_clear_error():
+    """0 filters (an options.json typo) would be a 0-sized grid, a launch error on a GPU; torch's
+    conv1d rejects it too. The op says what to fix before any backend runs."""
+    ids = mixed_ids(n_random=3).to(DEVICE)
+    emb, ws, bs, *_ = _to(make_params(filters=((1, 4), (2, 0), (3, 5))), DEVICE)
+    with pytest.raises(ValueError, match=r"conv 1: 0 filters of width 2"):
+        char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="triton")

@@ -31,7 +31,8 @@ from .reference import char_cnn_ref
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
-def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights, highway_biases, proj_weight, proj_bias, activation):
+def _check_conv(char_ids, char_embedding, conv_weights, conv_biases, activation) -> int:
+    """Validates the fused conv + max part; returns the total filter count F."""
     if char_ids.dim() != 2:
         raise ValueError(f"char_ids must be [N, 50] int64, got shape {tuple(char_ids.shape)}")
     if char_ids.dtype != torch.long:
@@ -47,9 +48,17 @@ def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights,
     for k, (w, b) in enumerate(zip(conv_weights, conv_biases)):
         if w.dim() != 3 or w.shape[1] != E or b.shape != (w.shape[0],):
             raise ValueError(f"conv {k}: weight must be [F_k, {E}, width] with bias [F_k], got {tuple(w.shape)} and {tuple(b.shape)}")
+        if w.shape[0] == 0 or w.shape[2] == 0:
+            raise ValueError(f"conv {k}: {w.shape[0]} filters of width {w.shape[2]}; every [width, n_filters] pair in "
+                             "options.json's char_cnn.filters needs width >= 1 and n_filters >= 1 (drop the pair instead)")
         if w.shape[2] > char_ids.shape[1]:
             raise ValueError(f"conv {k}: width {w.shape[2]} exceeds the {char_ids.shape[1]} characters per token")
         F_total += w.shape[0]
+    return F_total
+
+
+def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights, highway_biases, proj_weight, proj_bias, activation):
+    F_total = _check_conv(char_ids, char_embedding, conv_weights, conv_biases, activation)
     for k, (w, b) in enumerate(zip(highway_weights, highway_biases)):
         if tuple(w.shape) != (2 * F_total, F_total) or tuple(b.shape) != (2 * F_total,):
             raise ValueError(f"highway {k}: expected weight [{2 * F_total}, {F_total}] and bias [{2 * F_total}], got {tuple(w.shape)}, {tuple(b.shape)}")
@@ -162,6 +171,7 @@ class CharConvMaxFunction(torch.autograd.Function):
 
 def char_cnn_conv_max(char_ids, emb, weights, biases, activation="relu", backend: str | None = None):
     """Fused conv + max + activation alone (no highway/projection): `[N, W]` ids -> (`[N, F]`, argmax `[N, F]` int32)."""
+    _check_conv(char_ids, emb, weights, biases, activation)
     chosen = choose_backend(char_ids.device, SUPPORTED, backend)
     return CharConvMaxFunction.apply(chosen, activation, char_ids, emb, len(weights), *weights, *biases)
 

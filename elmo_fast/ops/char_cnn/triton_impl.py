@@ -8,10 +8,12 @@ matrix is gathered straight from the embedding table (never materialised in memo
 of each token's trailing padding run repeat the window at that start bit for bit (see
 csrc/char_cnn/char_cnn.cpp), so the loop stops at the block's largest run start.
 
-Backward routes d_pre = grad * act'(features) through the saved argmax:
-  d_weight: one program per filter block, looping over tokens (each program owns its rows);
-  d_embedding: one program per (token, filter block), atomically adding d_pre * w into the rows of
-  the characters of the winning window (char ids repeat a lot, so atomics, not a private table).
+Backward (the character-table formulation of csrc/char_cnn/char_cnn.cpp): one kernel over (block
+of tokens, block of filters) forms d_pre = grad * act'(features), adds its column sums into d_bias
+and scatters d_pre into the gradient S[f, j, c] of a [F_i, w, V] character table through the saved
+argmax; d_weight and d_embedding are then two small GEMMs of S (torch, cuBLAS on a GPU). Every
+program owns a 2-D tile, so the grid is as wide as the forward's, and the atomics (N * F * w of them,
+skipped where d_pre is 0) spread over F * w * V cells instead of the V * E of d_embedding.
 Inputs may be fp32, bf16 or fp16; products are accumulated in fp32.
 """
 
@@ -42,6 +44,7 @@ def _char_cnn_fwd_kernel(
     WIDTH: tl.constexpr,
     RELU: tl.constexpr,
     IEEE: tl.constexpr,
+    FP64: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_F: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -60,7 +63,10 @@ def _char_cnn_fwd_kernel(
     w = tl.load(w_ptr + offs_k[:, None] * F_i + offs_f[None, :], mask=k_mask[:, None] & f_mask[None, :], other=0.0)
     tails = tl.load(tail_ptr + offs_n, mask=n_mask, other=0)
     last = tl.minimum(tl.max(tails, axis=0), W - WIDTH)
-    best = tl.full((BLOCK_N, BLOCK_F), float("-inf"), tl.float32)
+    if FP64:  # fp64 dots give fp64; the running max must keep that type on a GPU
+        best = tl.full((BLOCK_N, BLOCK_F), float("-inf"), tl.float64)
+    else:
+        best = tl.full((BLOCK_N, BLOCK_F), float("-inf"), tl.float32)
     best_at = tl.zeros((BLOCK_N, BLOCK_F), tl.int32)
     xm = n_mask[:, None] & k_mask[None, :]
     for p in range(0, last + 1):
@@ -73,7 +79,7 @@ def _char_cnn_fwd_kernel(
         better = acc > best  # strict: the first maximum wins, like torch.max
         best = tl.where(better, acc, best)
         best_at = tl.where(better, p, best_at)
-    pre = best + tl.load(b_ptr + offs_f, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+    pre = best + tl.load(b_ptr + offs_f, mask=f_mask, other=0.0).to(best.dtype)[None, :]
     if RELU:
         y = tl.maximum(pre, 0.0)
     else:
@@ -85,78 +91,47 @@ def _char_cnn_fwd_kernel(
 
 
 @triton.jit
-def _char_cnn_bwd_weight_kernel(
+def _char_cnn_bwd_scatter_kernel(
     ids_ptr,  # int64 [N, W]
-    emb_ptr,  # [V, E]
-    dpre_ptr,  # fp32 [N, F]
+    grad_ptr,  # [N, F] upstream gradient of the features
+    feat_ptr,  # [N, F] activated features (for act')
     amax_ptr,  # int32 [N, F]
-    dw_ptr,  # fp32 [F_i, WIDTH * E]
-    db_ptr,  # fp32 [F_i]
+    s_ptr,  # fp32/fp64 [F_i, WIDTH, V] gradient of this width's character table (zeroed)
+    db_ptr,  # fp32/fp64 [F_i] bias gradient (zeroed)
     N,
     F_i,
     F_total,
     col,
+    V,
     W: tl.constexpr,
-    E: tl.constexpr,
     WIDTH: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_F: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
-    offs_f = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
-    offs_k = tl.arange(0, BLOCK_K)
+    pid_n = tl.program_id(0)
+    pid_f = tl.program_id(1)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # n * F_total passes 2^31 from ~1M tokens
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    n_mask = offs_n < N
     f_mask = offs_f < F_i
-    k_mask = offs_k < WIDTH * E
-    m = f_mask[:, None] & k_mask[None, :]
-    tap = offs_k // E
-    dim = offs_k % E
-    acc = tl.zeros((BLOCK_F, BLOCK_K), tl.float32)
-    acc_b = tl.zeros((BLOCK_F,), tl.float32)
-    # Row pointers advance by one row per token (64-bit pointer arithmetic): an int32 n * F_total
-    # would overflow from ~1M tokens.
-    dpre_row = dpre_ptr + col + offs_f
-    amax_row = amax_ptr + col + offs_f
-    ids_row = ids_ptr
-    for n in range(0, N):
-        d = tl.load(dpre_row, mask=f_mask, other=0.0)  # [BLOCK_F]
-        a = tl.load(amax_row, mask=f_mask, other=0)
-        cid = tl.load(ids_row + a[:, None] + tap[None, :], mask=m, other=0)  # [BLOCK_F, BLOCK_K]
-        x = tl.load(emb_ptr + cid * E + dim[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += d[:, None] * x
-        acc_b += d
-        dpre_row += F_total
-        amax_row += F_total
-        ids_row += W
-    tl.store(dw_ptr + offs_f[:, None] * (WIDTH * E) + offs_k[None, :], acc, mask=m)
-    tl.store(db_ptr + offs_f, acc_b, mask=f_mask)
-
-
-@triton.jit
-def _char_cnn_bwd_embedding_kernel(
-    ids_ptr,  # int64 [N, W]
-    w_ptr,  # [F_i, WIDTH * E]  (column k = j * E + e)
-    dpre_ptr,  # fp32 [N, F]
-    amax_ptr,  # int32 [N, F]
-    demb_ptr,  # fp32 [V, E]
-    F_i,
-    F_total,
-    col,
-    W: tl.constexpr,
-    E: tl.constexpr,
-    WIDTH: tl.constexpr,
-    BLOCK_F: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)  # n * F_total overflows int32 from ~1M tokens
-    offs_f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    offs_k = tl.arange(0, BLOCK_K)
-    f_mask = offs_f < F_i
-    k_mask = offs_k < WIDTH * E
-    m = f_mask[:, None] & k_mask[None, :]
-    d = tl.load(dpre_ptr + n * F_total + col + offs_f, mask=f_mask, other=0.0)
-    a = tl.load(amax_ptr + n * F_total + col + offs_f, mask=f_mask, other=0)
-    w = tl.load(w_ptr + offs_f[:, None] * (WIDTH * E) + offs_k[None, :], mask=m, other=0.0).to(tl.float32)
-    cid = tl.load(ids_ptr + n * W + a[:, None] + offs_k[None, :] // E, mask=m, other=0)
-    tl.atomic_add(demb_ptr + cid * E + (offs_k % E)[None, :], d[:, None] * w, mask=m & (d != 0.0)[:, None])
+    m = n_mask[:, None] & f_mask[None, :]
+    src = offs_n[:, None] * F_total + col + offs_f[None, :]
+    acc_ty = s_ptr.dtype.element_ty
+    g = tl.load(grad_ptr + src, mask=m, other=0.0).to(acc_ty)
+    y = tl.load(feat_ptr + src, mask=m, other=0.0).to(acc_ty)
+    if RELU:
+        d = tl.where(y > 0, g, 0.0)
+    else:
+        d = g * (1.0 - y * y)
+    a = tl.load(amax_ptr + src, mask=m, other=0)
+    tl.atomic_add(db_ptr + offs_f, tl.sum(d, axis=0), mask=f_mask)
+    # relu-inactive filters (about half) and padding rows add nothing: no atomic for them.
+    live = m & (d != 0.0)
+    row = offs_f[None, :].to(tl.int64) * WIDTH
+    for j in tl.static_range(WIDTH):
+        cid = tl.load(ids_ptr + offs_n[:, None] * W + a + j, mask=live, other=0)
+        tl.atomic_add(s_ptr + (row + j) * V + cid, d, mask=live)
 
 
 def _block_k(width: int, E: int) -> int:
@@ -193,45 +168,45 @@ def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: i
         _char_cnn_fwd_kernel[grid](
             ids, tails, emb, packed, b.contiguous(), feats, argmax, N, F_i, F_total, col,
             W=W, E=E, WIDTH=width, RELU=activation == "relu", IEEE=emb.dtype == torch.float32,
-            BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=_block_k(width, E),
+            FP64=emb.dtype == torch.float64, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=_block_k(width, E),
         )  # fmt: skip
         col += F_i
     return feats, argmax
 
 
 @on_device_of_first_arg
-def char_cnn_conv_max_bwd(grad, char_ids, emb, weights, feats, argmax, activation, block_f: int = 32):
-    """(d_embedding `[V, E]`, [d_weight_i `[F_i, E, w_i]`], [d_bias_i `[F_i]`]) through the argmax."""
+def char_cnn_conv_max_bwd(grad, char_ids, emb, weights, feats, argmax, activation, block_n: int = 32, block_f: int = 32):
+    """(d_embedding `[V, E]`, [d_weight_i `[F_i, E, w_i]`], [d_bias_i `[F_i]`]) through the argmax.
+
+    The character-table formulation (as csrc/char_cnn/char_cnn.cpp): a scatter kernel adds each
+    d_pre[n, f] into S_i[f, j, ids[n, argmax + j]] for every tap j -- N * F * w atomics spread over
+    F * w * V cells -- and two small GEMMs finish the job:
+      d_weight_i[f, :, j] = S_i[f, j] @ emb,    d_embedding += sum_{f, j} S_i[f, j]^T w_i[f, :, j].
+    A direct scatter into d_embedding would be E times more atomics, all on V * E hot cells.
+    """
     N, W = char_ids.shape
-    E = emb.shape[1]
-    f32 = feats.float()
-    dpre = (grad.float() * (f32 > 0) if activation == "relu" else grad.float() * (1 - f32 * f32)).contiguous()
-    F_total = dpre.shape[1]
+    V, E = emb.shape
+    acc = torch.float64 if emb.dtype == torch.float64 else torch.float32
     ids = char_ids.contiguous()
-    argmax = argmax.contiguous()
-    emb = emb.contiguous()
-    demb = torch.zeros(emb.shape, device=emb.device, dtype=torch.float32)
+    grad, feats, argmax = grad.contiguous(), feats.contiguous(), argmax.contiguous()
+    F_total = feats.shape[1]
+    emb_acc = emb.to(acc)
+    demb = torch.zeros(V, E, device=emb.device, dtype=acc)
     gw, gb, col = [], [], 0
     for w in weights:
         F_i, _, width = w.shape
-        K = width * E
-        dw = torch.empty(F_i, K, device=emb.device, dtype=torch.float32)
-        db = torch.empty(F_i, device=emb.device, dtype=torch.float32)
+        table = torch.zeros(F_i, width, V, device=emb.device, dtype=acc)
+        db = torch.zeros(F_i, device=emb.device, dtype=acc)
         if N:
-            bk = _block_k(width, E)
-            _char_cnn_bwd_weight_kernel[(triton.cdiv(F_i, block_f),)](
-                ids, emb, dpre, argmax, dw, db, N, F_i, F_total, col,
-                W=W, E=E, WIDTH=width, BLOCK_F=block_f, BLOCK_K=bk,
+            grid = (triton.cdiv(N, block_n), triton.cdiv(F_i, block_f))
+            _char_cnn_bwd_scatter_kernel[grid](
+                ids, grad, feats, argmax, table, db, N, F_i, F_total, col, V,
+                W=W, WIDTH=width, RELU=activation == "relu", BLOCK_N=block_n, BLOCK_F=block_f,
             )  # fmt: skip
-            w_fk = w.permute(0, 2, 1).reshape(F_i, K).contiguous()
-            _char_cnn_bwd_embedding_kernel[(N, triton.cdiv(F_i, block_f))](
-                ids, w_fk, dpre, argmax, demb, F_i, F_total, col,
-                W=W, E=E, WIDTH=width, BLOCK_F=block_f, BLOCK_K=bk,
-            )  # fmt: skip
-        else:
-            dw.zero_()
-            db.zero_()
-        gw.append(dw.view(F_i, width, E).permute(0, 2, 1).to(w.dtype))
+        flat = table.view(F_i * width, V)
+        dw = (flat @ emb_acc).view(F_i, width, E)  # [F_i, w, E]
+        demb.addmm_(flat.t(), w.to(acc).permute(0, 2, 1).reshape(F_i * width, E))
+        gw.append(dw.permute(0, 2, 1).to(w.dtype))
         gb.append(db.to(w.dtype))
         col += F_i
     return demb.to(emb.dtype), gw, gb
