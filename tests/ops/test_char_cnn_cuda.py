@@ -4,41 +4,24 @@ run (no GPU needed); the kernels run against the reference whenever a CUDA GPU i
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
 
 import pytest
 import torch
-from torch.utils import cpp_extension
 
 from elmo_fast import _ext
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close
+from tests.ops.nvcc_check import compile_check, requires_nvcc
 from tests.ops.test_char_cnn import flat, make_params, mixed_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(ROOT, "csrc", "char_cnn", "char_cnn_cuda.cu")
 
 
-def _nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HOME
-    candidates = [os.path.join(home, "bin", "nvcc")] if home else []
-    candidates.append(shutil.which("nvcc") or "")
-    return next((c for c in candidates if c and os.path.exists(c)), None)
-
-
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (install the CUDA toolkit or set CUDA_HOME) - CUDA sources not compile-checked")
+@requires_nvcc
 def test_cuda_sources_compile(tmp_path):
-    """One arch (sm_80) at -O0 keeps this to one quick nvcc pass (a syntax/type check, not a build); the
-    torch headers compile against a CPU torch with C10_USING_CUSTOM_GENERATED_MACROS (TOOLCHAIN.md)."""
-    cmd = [_nvcc(), "-c", "-arch=sm_80", "-std=c++17", "-O0", "-Xcompiler", "-O0", "--use_fast_math", "-DC10_USING_CUSTOM_GENERATED_MACROS",
-           "-DTORCH_EXTENSION_NAME=_C_cuda", "-w", f"-I{os.path.join(ROOT, 'csrc')}", f"-I{sysconfig.get_paths()['include']}"]
-    cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
-    cmd += [SOURCE, "-o", str(tmp_path / "char_cnn_cuda.o")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"nvcc failed:\n{res.stderr[-4000:]}"
+    compile_check(SOURCE, tmp_path)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -4,37 +4,22 @@ equivalence test against the reference, which runs whenever a CUDA GPU and the b
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sysconfig
 
 import pytest
 import torch
 
 from elmo_fast import _ext
 from elmo_fast.testing import assert_close
+from tests.ops.nvcc_check import compile_check, requires_nvcc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = [os.path.join(ROOT, "csrc", "lstm_proj", "lstm_proj_kernels.cu")]
 
 
-def _nvcc():
-    path = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.path.exists(p)), None)
-    return path
-
-
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found: the CUDA sources cannot be compile-checked here")
+@requires_nvcc
 @pytest.mark.parametrize("src", SOURCES, ids=os.path.basename)
 def test_cuda_sources_compile(src, tmp_path):
-    from torch.utils.cpp_extension import include_paths
-
-    # Against the CPU torch headers: C10_USING_CUSTOM_GENERATED_MACROS stands in for the CUDA build's
-    # generated cmake macros (compile-check only, the object is not linkable).
-    cmd = [_nvcc(), "-c", "-arch=sm_90", "-std=c++17", "-O1", "--use_fast_math", "-DC10_USING_CUSTOM_GENERATED_MACROS",
-           "-DTORCH_EXTENSION_NAME=_C_cuda", "-diag-suppress=20012,3189", "-I" + os.path.join(ROOT, "csrc"),
-           "-I" + sysconfig.get_paths()["include"], *("-I" + p for p in include_paths()), src, "-o", str(tmp_path / "k.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    compile_check(src, tmp_path)
 
 
 def _require_cuda_ext():

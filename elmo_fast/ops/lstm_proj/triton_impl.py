@@ -242,7 +242,10 @@ def _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0,
         gates, sorted_len, w_rec, bias, w_proj, h0s, c0s, h_raw, c_raw, m, h_prev, h_n, c_n, T, B, C, P,
         float(cell_clip), float(proj_clip), HAS_CCLIP=cell_clip > 0, HAS_PCLIP=proj_clip > 0, REVERSE=bool(reverse),
         SAVE=bool(save_cache), IEEE=w_rec.dtype == torch.float32, BLOCK_B=block_b, BLOCK_C=_pow2(C), BLOCK_P=_pow2(P),
-        num_warps=4)
+        # 8 warps: with 4, the fp32 64 x 64 weights took all 255 registers and spilled ~160 B per
+        # thread to local memory, and bf16/fp16 spilled 8 B; with 8 nothing spills and with 16 the
+        # 128-register cap spills again (ptxas via `python -m elmo_fast.triton_check`, sm_90).
+        num_warps=8)
     out = h_raw.clamp(-proj_clip, proj_clip) if proj_clip > 0 else h_raw
     out = out.transpose(0, 1).index_select(0, inv)
     h_n, c_n = h_n.index_select(0, inv), c_n.index_select(0, inv)
