@@ -48,3 +48,20 @@ def nan_like(t: torch.Tensor) -> torch.Tensor:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def gemm_isa(request):
+    """Runs a test once per micro-kernel of the packed CPU GEMM (csrc/common/packed_gemm.h); the
+    AVX-512 one skips, saying so, on CPUs without AVX-512F."""
+    from elmo_fast import _ext
+
+    if _ext.cpp_ext() is None:
+        pytest.skip(f"C++ extension not built: {_ext.load_error('_C')}")
+    saved = torch.ops.elmo_fast.gemm_isa()
+    try:
+        torch.ops.elmo_fast.gemm_isa(request.param)
+    except RuntimeError as e:
+        pytest.skip(f"packed GEMM {request.param} kernel unavailable: {e}")
+    yield request.param
+    torch.ops.elmo_fast.gemm_isa(saved)

@@ -36,11 +36,19 @@ at::Tensor packed_linear_op(const at::Tensor& x, const at::Tensor& packed, const
   return y;
 }
 
+// The packed GEMM's micro-kernel: returns the one in use; with a name, switches to it first.
+std::string gemm_isa_op(c10::string_view name) {
+  if (!name.empty()) set_isa(std::string(name));
+  return isa();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
   m.def("gemm_pack(Tensor b) -> Tensor");
   m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
+  m.def("gemm_isa(str name=\"\") -> str");
+  m.impl("gemm_isa", &gemm_isa_op);
 }
 
 TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {

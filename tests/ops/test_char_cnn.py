@@ -305,10 +305,11 @@ def test_inference_packed_gemm_path(activation, n_highway):
 
 
 @requires_cpp
-@pytest.mark.parametrize("M", [1, 7, 13])
-def test_packed_linear_op(M):
+@pytest.mark.parametrize("M,K,N", [(1, 37, 21), (7, 37, 21), (13, 37, 21), (13, 301, 37), (20, 130, 64)])
+def test_packed_linear_op(M, K, N, gemm_isa):
+    """Odd row tiles; one panel pair with a partial second panel (N 21), a pair and a lone partial
+    panel (N 37), whole pairs (N 64); one k-block and several of each kernel's size (K 130, 301)."""
     g = torch.Generator().manual_seed(M)
-    K, N = 37, 21
     x = torch.randn(M, K + 3, generator=g)[:, :K]  # non-contiguous rows
     w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
     packed = torch.ops.elmo_fast.gemm_pack(w.t())

@@ -164,7 +164,7 @@ def test_opcheck_backward():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_packed_gemm_tails_and_k_blocks(reverse):
+def test_packed_gemm_tails_and_k_blocks(reverse, gemm_isa):
     """Shapes that exercise every edge of the packed per-step GEMM: 13 rows (two 6-row tiles + 1),
     4C = 1204 and P = 19 columns (partial 16-column panels), K = C = 301 > 256 (two k-blocks),
     forward and backward (whose GEMMs pack the other way round)."""
