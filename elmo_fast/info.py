@@ -20,7 +20,9 @@ def report() -> str:
     if cuda:
         lines.append(f"backends usable on cuda:  {', '.join(available_backends('cuda'))}")
     lines.append(f"{ENV}={os.environ.get(ENV, '(unset: fastest available)')}")
-    lines.append(f"CPU threads: {torch.get_num_threads()}")
+    lines.append(f"CPU threads: {torch.get_num_threads()}; ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    if _ext.cpp_ext():
+        lines.append(f"packed GEMM micro-kernel: {torch.ops.elmo_fast.gemm_isa()} (ELMO_FAST_CPU_ISA=avx2 forces AVX2)")
     return "\n".join(lines)
 
 

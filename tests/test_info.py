@@ -30,3 +30,14 @@ def test_backend_override_errors_are_clear(monkeypatch):
     monkeypatch.delenv("ELMO_FAST_BACKEND")
     assert choose_backend("cpu", ("torch",)) == "torch"
     assert choose_backend("cpu", ("torch", "cpp"), requested="torch") == "torch"
+
+
+@pytest.mark.skipif(_ext.cpp_ext() is None, reason="C++ extension not built")
+def test_gemm_isa_env_switch_and_errors():
+    env = dict(os.environ, ELMO_FAST_CPU_ISA="avx2")
+    out = subprocess.run([sys.executable, "-m", "elmo_fast.info"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "packed GEMM micro-kernel: avx2" in out
+    import torch
+
+    with pytest.raises(RuntimeError, match="expected 'avx2' or 'avx512'"):
+        torch.ops.elmo_fast.gemm_isa("sse")
