@@ -1,7 +1,8 @@
 """Character encoder: fused op (dedup + C++/CUDA/Triton kernel + ATen highway/projection) vs the
 eager reference `char_cnn_ref`, side by side in one run.
 
-Grid: provider (eager, fast, and on the CPU fast-bf16: `gemm_dtype=torch.bfloat16`, forward) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
+Grid: provider (eager, fast = the default backend, on the CPU fast-bf16: `gemm_dtype=torch.bfloat16`,
+forward, and on a GPU triton besides the default cuda) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
 text, random unique words: separates dedup from kernel speed) x shape (32x20, 64x40) x threads
 (1, 2; CPU only). Each record carries tokens/s and the achieved FLOP/s counted with the eager
 reference's operation count (so 'fast' above the hardware peak means work avoided, not faster
@@ -31,7 +32,7 @@ def eager_flops(opts: dict, n_tokens: int, backward: bool) -> float:
     return (conv + dense) * n_tokens * (3 if backward else 1)
 
 
-@pytest.mark.parametrize("provider", ["eager", "fast", "fast-bf16"])  # top decorator varies fastest: providers adjacent
+@pytest.mark.parametrize("provider", ["eager", "fast", "fast-bf16", "triton"])  # top decorator varies fastest: providers adjacent
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -43,6 +44,8 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         pytest.skip("thread count only matters on the CPU")
     if provider == "fast-bf16" and (device != "cpu" or mode != "fwd"):
         pytest.skip("the bf16-GEMM option is CPU inference")
+    if provider == "triton" and device != "cuda":
+        pytest.skip("Triton is a GPU backend here (on the CPU it only runs interpreted, in tests)")
     if "bf16" in provider and not cpu_has_native_bf16():
         pytest.skip("this CPU has no avx512_bf16/AMX: bf16 GEMMs would be emulated (slower than fp32)")
     opts = options(preset)
@@ -64,7 +67,9 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         opts["char_cnn"]["activation"],
     )
     fn = {"eager": lambda: char_cnn_ref(*args), "fast": lambda: char_cnn(*args),
-          "fast-bf16": lambda: char_cnn(*args, gemm_dtype=torch.bfloat16)}[provider]
+          "fast-bf16": lambda: char_cnn(*args, gemm_dtype=torch.bfloat16),
+          # on a GPU 'fast' is the CUDA backend (the default there); this row measures the other one
+          "triton": lambda: char_cnn(*args, backend="triton")}[provider]
     if provider == "fast-bf16":
         with torch.no_grad():
             ref, out = char_cnn(*args), fn()
@@ -91,7 +96,7 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         torch.set_num_threads(old_threads)
     tokens_per_second(benchmark, ids.shape[0])
     benchmark.extra_info.update(
-        backend="torch-eager" if provider == "eager" else choose_backend(ids.device, SUPPORTED),
+        backend={"eager": "torch-eager", "triton": "triton"}.get(provider) or choose_backend(ids.device, SUPPORTED),
         device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         unique_tokens=int(torch.unique(ids, dim=0).shape[0]),
     )

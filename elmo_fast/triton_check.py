@@ -120,8 +120,14 @@ def _cases():
 
     original = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
 
-    def char_cnn(filters, dtype, N=48, E=16):
+    def char_cnn(filters, dtype, N=48, E=16, tf32=False):
         def run():
+            if tf32:  # a GPU's default for fp32 (cudnn.allow_tf32): CPU tensors would always pick exact fp32
+                saved, cnn._ieee = cnn._ieee, lambda emb: False
+                try:
+                    return char_cnn(filters, dtype, N, E)()
+                finally:
+                    cnn._ieee = saved
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(0, 262, (N, 50), generator=g)
             emb = torch.randn(262, E, dtype=dtype)
@@ -150,6 +156,7 @@ def _cases():
 
     f32, bf16, f16, f64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
     cases = [(f"char_cnn original {d}", d, char_cnn(original, d)) for d in (f32, bf16)]
+    cases.append(("char_cnn original fp32 tf32", f32, char_cnn(original, f32, tf32=True)))
     cases += [(f"char_cnn widths 1,7 {d}", d, char_cnn([[1, 4], [7, 17]], d)) for d in (f16, f64)]
     # In-kernel time loop: the largest on-chip size (64 x 64) and a small ragged one; per-step kernels:
     # 'tiny' (C 256) and 'original' (C 4096: the 1024-wide blocks).

@@ -126,3 +126,25 @@ def test_width_with_zero_filters_is_a_clear_error():
     emb, ws, bs, *_ = _to(make_params(filters=((1, 4), (2, 0), (3, 5))), DEVICE)
     with pytest.raises(ValueError, match=r"conv 1: 0 filters of width 2"):
         char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="triton")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 exists on a GPU only (the interpreter computes exact fp32)")
+def test_triton_fp32_conv_follows_cudnn_tf32_flag():
+    """With torch.backends.cudnn.allow_tf32 (PyTorch's default) the fp32 conv uses TF32 like the
+    eager module's cuDNN conv: its error against exact fp32 is then at most 2x eager's under TF32."""
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    emb, ws, bs, *_ = _to(make_params(filters=FILTERS), DEVICE)
+    with torch.no_grad():
+        exact = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="torch")[0]  # exact_fp32 fixture: flags off
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            eager = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="torch")[0]
+            out = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend="triton")[0]
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+    eager_err = (eager - exact).abs().max().item()
+    # cuDNN may pick a non-TF32 algorithm for so small a conv (eager error 0): then hold the kernel
+    # to TF32's own scale, 10 mantissa bits over a sum of at most 7 x 6 products.
+    bound = 2 * eager_err if eager_err > 0 else 42 * 2**-11 * exact.abs().max().item()
+    assert (out - exact).abs().max().item() <= bound + 1e-6

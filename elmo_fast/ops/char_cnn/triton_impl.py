@@ -72,7 +72,7 @@ def _char_cnn_fwd_kernel(
     for p in range(0, last + 1):
         cid = tl.load(ids_ptr + offs_n[:, None] * W + p + tap[None, :], mask=xm, other=0)  # [BLOCK_N, BLOCK_K]
         x = tl.load(emb_ptr + cid * E + dim[None, :], mask=xm, other=0.0)
-        if IEEE:  # fp32 inputs: exact fp32 products, not tf32, to match the reference
+        if IEEE:  # fp32 inputs without TF32 (see _ieee): exact fp32 products, like the reference
             acc = tl.dot(x, w, input_precision="ieee")  # [BLOCK_N, BLOCK_F] fp32
         else:
             acc = tl.dot(x, w)
@@ -134,6 +134,15 @@ def _char_cnn_bwd_scatter_kernel(
         tl.atomic_add(s_ptr + (row + j) * V + cid, d, mask=live)
 
 
+def _ieee(emb: torch.Tensor) -> bool:
+    """Whether the fp32 conv's tl.dot is exact fp32 or TF32. It follows the flag that governs the
+    eager module's own convolution, `torch.backends.cudnn.allow_tf32` (True by default: on a GPU the
+    eager encoder's F.conv1d runs on TF32 tensor cores), so fast and eager do the same arithmetic
+    under the same settings; with the flag off both are exact fp32 (IEEE dots run on the FMA units,
+    not the tensor cores). Under the interpreter (CPU) always exact."""
+    return emb.dtype == torch.float32 and (emb.device.type != "cuda" or not torch.backends.cudnn.allow_tf32)
+
+
 def _block_k(width: int, E: int) -> int:
     return max(16, triton.next_power_of_2(width * E))
 
@@ -167,7 +176,7 @@ def char_cnn_conv_max_fwd(char_ids, emb, weights, biases, activation, block_n: i
         grid = (triton.cdiv(N, block_n), triton.cdiv(F_i, block_f))
         _char_cnn_fwd_kernel[grid](
             ids, tails, emb, packed, b.contiguous(), feats, argmax, N, F_i, F_total, col,
-            W=W, E=E, WIDTH=width, RELU=activation == "relu", IEEE=emb.dtype == torch.float32,
+            W=W, E=E, WIDTH=width, RELU=activation == "relu", IEEE=_ieee(emb),
             FP64=emb.dtype == torch.float64, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=_block_k(width, E),
         )  # fmt: skip
         col += F_i
