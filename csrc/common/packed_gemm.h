@@ -229,15 +229,27 @@ inline void pack_a(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t kc
 }
 
 // y[M, N] = x[M, K] @ B (+ y when accumulate), B given packed by pack(). x and y row-major with
-// leading dimensions ldx, ldy. Rows are taken in blocks whose packed x (rows x K, all k-blocks:
-// a task walks every k-block of its rows) fits in L2 (kRowBlockBytes). Without it a 4500-row input
-// map streamed all of x from L3 once per panel and ran at 67 instead of 82+ GFLOP/s (Zen 3); sizing
-// the block by one k-block instead of all of K left x (5 MB at 640 x 2048) streaming from L3 once per
-// panel pair: 117 vs 139 GFLOP/s for the AVX-512 kernel at 640 x 2048 x 4096 (Sapphire Rapids core).
-// Tasks are (row block, panel group) pairs in row-block-major order, split into contiguous ranges:
-// a thread keeps its row blocks in its own L2 and streams the panels in order; with a single row
-// block (the per-step GEMMs) that is a split over panels.
+// leading dimensions ldx, ldy. Tasks are (row block, panel group) pairs in row-block-major order,
+// split into contiguous ranges: a thread keeps its row blocks in its own L2 and streams the panels
+// in order; with a single row block (the per-step GEMMs) that is a split over panels.
+//
+// Row blocks: a task walks every k-block of its rows, so what it reuses across panel groups is its
+// packed x, rows x K. Two choices, by the memory traffic each costs: blocks whose x fits in L2
+// (kRowBlockBytes), each of which streams all of B once; or one block, which streams B once and
+// its x once per panel group. Measured: the highway's 640 x 2048 x 4096 ran at 139 GFLOP/s with
+// L2-sized blocks against 117 with x streaming from L3 per panel pair (AVX-512 kernel, one Sapphire
+// Rapids core), and a 4500-row input map at 82+ against 67 (Zen 3); backward's 64 x 16384 x 512
+// (K = 4C) must stay one block: 6-row blocks would stream its 32 MB weight 11 times per step.
 constexpr int64_t kRowBlockBytes = 512 << 10;
+
+inline int64_t row_block(int64_t M, int64_t K, int64_t N, int64_t group_cols) {
+  const double a_bytes = 4.0 * M * K, b_bytes = 4.0 * K * N;
+  const int64_t fit_rows = std::max<int64_t>(kMR, kRowBlockBytes / (std::max<int64_t>(1, K) * 4) / kMR * kMR);
+  const double blocks = static_cast<double>((M + fit_rows - 1) / fit_rows);
+  const double groups = static_cast<double>((N + group_cols - 1) / group_cols);
+  const double fitting = blocks * b_bytes + a_bytes, single = b_bytes + groups * a_bytes;
+  return fitting <= single ? fit_rows : std::max<int64_t>(M, 1);
+}
 
 inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Tensor& packed, int64_t N, float* y,
                  int64_t ldy, bool accumulate) {
@@ -248,7 +260,7 @@ inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Te
   const int64_t panels = (N + kNR - 1) / kNR;
   const bool wide = isa_flag().load() != 0;
   const int64_t kcb = wide ? kKCWide : kKC;
-  const int64_t mc_max = std::max<int64_t>(kMR, kRowBlockBytes / (std::max<int64_t>(1, K) * int64_t(sizeof(float))) / kMR * kMR);
+  const int64_t mc_max = row_block(M, K, N, (wide ? 2 : 1) * kNR);
   const int64_t blocks = (M + mc_max - 1) / mc_max;
   // Equal blocks (1024 rows as 2 x 516 rather than 1020 + 4), each a whole number of kMR-row tiles,
   // so a block's tiles are the tiles pack_a laid out.
