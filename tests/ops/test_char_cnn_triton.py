@@ -48,19 +48,32 @@ def test_triton_matches_reference_fp32(activation, n_highway):
         assert_close(f"grad {i}", a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    DEVICE == "cpu", reason="the Triton interpreter miscomputes bf16 dots (TOOLCHAIN.md): bf16 runs on a GPU only"))])
-def test_triton_low_precision_forward_within_twice_eager_error(dtype):
-    """flash-attention's rule: the kernel's error vs the fp32 reference is at most 2x eager's in the same dtype."""
+LOW_DTYPES = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    DEVICE == "cpu", reason="the Triton interpreter miscomputes bf16 dots (TOOLCHAIN.md): bf16 runs on a GPU only"))]
+
+
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_triton_low_precision_within_twice_eager_error(dtype, activation):
+    """flash-attention's rule: the kernel's error vs the fp32 reference is at most 2x eager's in the
+    same dtype, for the features and every gradient (embedding, conv weights, biases)."""
     ids = mixed_ids(n_random=5).to(DEVICE)
     p32 = _to(make_params(filters=FILTERS), DEVICE)
     plo = _to(p32, DEVICE, dtype)
-    ref, _ = char_cnn_conv_max(ids, p32[0], p32[1], p32[2], "relu", backend="torch")
-    out, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "relu", backend="triton")
-    assert out.dtype == dtype
-    eager = (char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "relu", backend="torch")[0]).float()
-    eager_err = (eager - ref).abs().max().item()
-    assert (out.float() - ref).abs().max().item() <= 2 * eager_err + TOLERANCES[dtype][0]
+    ins32, inslo = [p32[0], *p32[1], *p32[2]], [plo[0], *plo[1], *plo[2]]
+    ref, _ = char_cnn_conv_max(ids, p32[0], p32[1], p32[2], activation, backend="torch")
+    out, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], activation, backend="triton")
+    eager, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], activation, backend="torch")
+    grad = torch.randn_like(ref)
+    results = zip(["features"] + [f"grad {k}" for k in range(len(ins32))],
+                  [ref, *torch.autograd.grad(ref, ins32, grad)],
+                  [out, *torch.autograd.grad(out, inslo, grad.to(dtype))],
+                  [eager, *torch.autograd.grad(eager, inslo, grad.to(dtype))])
+    for name, r, o, e in results:
+        assert o.dtype == dtype
+        eager_err = (e.float() - r).abs().max().item()
+        err = (o.float() - r).abs().max().item()
+        assert err <= 2 * eager_err + TOLERANCES[dtype][0] * max(1.0, r.abs().max().item()), f"{name}: {err} vs eager {eager_err}"
 
 
 def test_triton_argmax_and_zero_tokens():
@@ -96,27 +109,6 @@ def test_triton_gradcheck_fp64():
         return CharConvMaxFunction.apply("triton", "tanh", ids, emb, 2, w0, w1, b0, b1)[0]
 
     assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    DEVICE == "cpu", reason="the Triton interpreter miscomputes bf16 dots (TOOLCHAIN.md): bf16 runs on a GPU only"))])
-def test_triton_low_precision_gradients_within_twice_eager_error(dtype):
-    ids = mixed_ids(n_random=5).to(DEVICE)
-    p32 = _to(make_params(filters=FILTERS), DEVICE)
-    plo = _to(p32, DEVICE, dtype)
-    ins32, inslo = [p32[0], *p32[1], *p32[2]], [plo[0], *plo[1], *plo[2]]
-    ref, _ = char_cnn_conv_max(ids, p32[0], p32[1], p32[2], "tanh", backend="torch")
-    grad = torch.randn_like(ref)
-    g_ref = torch.autograd.grad(ref, ins32, grad)
-    out, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "tanh", backend="triton")
-    g_out = torch.autograd.grad(out, inslo, grad.to(dtype))
-    eager, _ = char_cnn_conv_max(ids, plo[0], plo[1], plo[2], "tanh", backend="torch")
-    g_eager = torch.autograd.grad(eager, inslo, grad.to(dtype))
-    for k, (r, o, e) in enumerate(zip(g_ref, g_out, g_eager)):
-        assert o.dtype == dtype
-        eager_err = (e.float() - r).abs().max().item()
-        err = (o.float() - r).abs().max().item()
-        assert err <= 2 * eager_err + TOLERANCES[dtype][0] * max(1.0, r.abs().max().item()), f"grad {k}: {err} vs eager {eager_err}"
 
 
 def test_width_with_zero_filters_is_a_clear_error():
