@@ -12,10 +12,9 @@ import torch
 from elmo_fast import _ext
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close
-from tests.ops.nvcc_check import compile_check, requires_nvcc
+from tests.ops.nvcc_check import ROOT, compile_check, requires_nvcc
 from tests.ops.test_char_cnn import flat, make_params, mixed_ids
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(ROOT, "csrc", "char_cnn", "char_cnn_cuda.cu")
 
 

@@ -10,9 +10,8 @@ import torch
 
 from elmo_fast import _ext
 from elmo_fast.testing import assert_close
-from tests.ops.nvcc_check import compile_check, requires_nvcc
+from tests.ops.nvcc_check import ROOT, compile_check, requires_nvcc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = [os.path.join(ROOT, "csrc", "lstm_proj", "lstm_proj_kernels.cu")]
 
 
