@@ -13,11 +13,13 @@
 // Packed layout: [ceil(N / kNR)][K][kNR], zero-padded columns: the kNR = 16 columns a micro-kernel
 // needs for one k are 64 contiguous bytes, and a panel's K x 16 block is read sequentially.
 //
-// Two micro-kernels over the same layouts, chosen at run time: AVX2 (6 rows x 1 panel, 12 ymm
-// accumulators) and AVX-512 (6 rows x 2 panels, 12 zmm accumulators), built with a target
+// Two micro-kernels over the same weight layout, chosen at run time: AVX2 (6 rows x 1 panel, 12 ymm
+// accumulators) and AVX-512 (8 rows x 3 panels, 24 zmm accumulators), built with a target
 // attribute so the library itself stays x86-64-v3. On an Intel Sapphire Rapids core the AVX2 kernel
 // peaked at 88 GFLOP/s, half of MKL's AVX-512 sgemm (162) at the highway's shape; AVX-512 cores with
-// one 512-bit FMA pipe (AMD Zen 4) run both at about the same rate.
+// one 512-bit FMA pipe (AMD Zen 4) run both at about the same rate. The AVX-512 kernel started as
+// 6 x 2 (12 of 32 zmm); 8 x 3 and prefetching the next panels into L2 rather than L1 took one
+// Xeon core from 129-169 to 140-200 GFLOP/s (MKL: 123-205) over the LSTM's and the highway's shapes.
 #pragma once
 
 #include "common/cpu_pool.h"
@@ -36,8 +38,10 @@ namespace gemm {
 
 constexpr int64_t kNR = 16;   // columns per panel: two AVX2 vectors
 constexpr int kMR = 6;        // rows per micro-tile: 6 x 2 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 ymm
+constexpr int kMRWide = 8;    // the AVX-512 kernel's rows per micro-tile
+constexpr int64_t kNPWide = 3;  // and panels per micro-tile
 constexpr int64_t kKC = 256;  // k per block: a panel's 256 x 16 slice (16 KB) stays in L1 while every row block reads it
-constexpr int64_t kKCWide = 128;  // the AVX-512 kernel reads two panels: 128 x 32 (16 KB), as one panel at 256 (measured 115 vs 108 GFLOP/s at 256, 102 at 64)
+constexpr int64_t kKCWide = 128;  // the AVX-512 kernel reads three panels: 128 x 48 (24 KB); 192 and 256 measured no better
 
 // b [K, N] (fp32, any strides: a Linear weight is passed as w.t()) -> packed [ceil(N / kNR), K, kNR].
 inline at::Tensor pack(const at::Tensor& b) {
@@ -126,8 +130,10 @@ inline void micro_rows(int rows, const float* a, const float* b, const float* ne
 #define ELMO_FAST_GEMM_AVX512 1
 typedef float V16 __attribute__((vector_size(64)));
 
-// c[MR, ncols] (+)= a[MR, kc] @ [b | b + pstride][kc, NP * 16]: NP (1 or 2) adjacent panels at once,
-// so each broadcast of a feeds two zmm FMAs. `next` is the first panel after these (prefetched).
+// c[MR, ncols] (+)= a[MR, kc] @ [b | b + pstride | ...][kc, NP * 16]: NP (1 to 3) adjacent panels
+// at once, so each broadcast of a feeds NP zmm FMAs. `next` is the first panel after these
+// (prefetched). At 8 x 3: 24 accumulators + 3 weight vectors + 1 broadcast of 32 zmm, and 11 loads
+// per 24 FMAs where 6 x 2 needed 8 per 12.
 template <int MR, int NP>
 __attribute__((target("avx512f,avx2,fma"))) void micro512(const float* __restrict a, const float* __restrict b,
                                                           int64_t pstride, const float* next, int64_t kc,
@@ -138,7 +144,10 @@ __attribute__((target("avx512f,avx2,fma"))) void micro512(const float* __restric
   for (int64_t k = 0; k < kc; ++k) {
     V16 bv[NP];
     for (int q = 0; q < NP; ++q) {
-      __builtin_prefetch(next + q * pstride + k * kNR);
+      // Into L2 only: this k-block of three panels is 24 KB, half of L1, and every row tile of
+      // the block reuses it; prefetching the next one into L1 as well evicted it (149 vs 128
+      // GFLOP/s at 640 x 512 x 16384 on one Xeon core).
+      __builtin_prefetch(next + q * pstride + k * kNR, 0, 2);
       std::memcpy(&bv[q], b + q * pstride + k * kNR, sizeof(V16));
     }
     for (int r = 0; r < MR; ++r) {
@@ -171,12 +180,23 @@ template <int NP>
 void micro512_rows(int rows, const float* a, const float* b, int64_t pstride, const float* next, int64_t kc, float* c,
                    int64_t ldc, int64_t ncols, bool add) {
   switch (rows) {
+    case 8: return micro512<8, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
+    case 7: return micro512<7, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     case 6: return micro512<6, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     case 5: return micro512<5, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     case 4: return micro512<4, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     case 3: return micro512<3, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     case 2: return micro512<2, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
     default: return micro512<1, NP>(a, b, pstride, next, kc, c, ldc, ncols, add);
+  }
+}
+
+inline void micro512_tile(int rows, int np, const float* a, const float* b, int64_t pstride, const float* next,
+                          int64_t kc, float* c, int64_t ldc, int64_t ncols, bool add) {
+  switch (np) {
+    case 3: return micro512_rows<3>(rows, a, b, pstride, next, kc, c, ldc, ncols, add);
+    case 2: return micro512_rows<2>(rows, a, b, pstride, next, kc, c, ldc, ncols, add);
+    default: return micro512_rows<1>(rows, a, b, pstride, next, kc, c, ldc, ncols, add);
   }
 }
 #endif
@@ -213,12 +233,12 @@ inline void set_isa(const std::string& name) {
 // x[m0 + i, k0 + k] at ap[k0 * M + m0 * kc + k * r + i]. The micro-kernel then reads its MR values
 // of one k from one place instead of MR rows K floats apart (strided broadcasts from L2 held the
 // 'small' highway GEMM at ~73 % of an AVX2 core's FMA peak).
-inline void pack_a(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t kcb, float* ap) {
-  const int64_t tiles = (M + kMR - 1) / kMR, kblocks = (K + kcb - 1) / kcb;
-  at::parallel_for(0, tiles * kblocks, std::max<int64_t>(1, 16384 / (kMR * kcb)), [&](int64_t t0, int64_t t1) {
+inline void pack_a(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t kcb, int64_t mr, float* ap) {
+  const int64_t tiles = (M + mr - 1) / mr, kblocks = (K + kcb - 1) / kcb;
+  at::parallel_for(0, tiles * kblocks, std::max<int64_t>(1, 16384 / (mr * kcb)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t k0 = (t / tiles) * kcb, m0 = (t % tiles) * kMR;
-      const int64_t kc = std::min(kcb, K - k0), r = std::min<int64_t>(kMR, M - m0);
+      const int64_t k0 = (t / tiles) * kcb, m0 = (t % tiles) * mr;
+      const int64_t kc = std::min(kcb, K - k0), r = std::min<int64_t>(mr, M - m0);
       float* dst = ap + k0 * M + m0 * kc;
       for (int64_t i = 0; i < r; ++i) {
         const float* src = x + (m0 + i) * ldx + k0;
@@ -242,9 +262,9 @@ inline void pack_a(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t kc
 // (K = 4C) must stay one block: 6-row blocks would stream its 32 MB weight 11 times per step.
 constexpr int64_t kRowBlockBytes = 512 << 10;
 
-inline int64_t row_block(int64_t M, int64_t K, int64_t N, int64_t group_cols) {
+inline int64_t row_block(int64_t M, int64_t K, int64_t N, int64_t group_cols, int64_t mr) {
   const double a_bytes = 4.0 * M * K, b_bytes = 4.0 * K * N;
-  const int64_t fit_rows = std::max<int64_t>(kMR, kRowBlockBytes / (std::max<int64_t>(1, K) * 4) / kMR * kMR);
+  const int64_t fit_rows = std::max<int64_t>(mr, kRowBlockBytes / (std::max<int64_t>(1, K) * 4) / mr * mr);
   const double blocks = static_cast<double>((M + fit_rows - 1) / fit_rows);
   const double groups = static_cast<double>((N + group_cols - 1) / group_cols);
   const double fitting = blocks * b_bytes + a_bytes, single = b_bytes + groups * a_bytes;
@@ -259,19 +279,19 @@ inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Te
   const float* bp = packed.data_ptr<float>();
   const int64_t panels = (N + kNR - 1) / kNR;
   const bool wide = isa_flag().load() != 0;
-  const int64_t kcb = wide ? kKCWide : kKC;
-  const int64_t mc_max = row_block(M, K, N, (wide ? 2 : 1) * kNR);
+  const int64_t kcb = wide ? kKCWide : kKC, mr = wide ? kMRWide : kMR;
+  // A task covers `step` panels (kNPWide for the AVX-512 kernel, which computes them at once).
+  const int64_t step = wide ? kNPWide : 1, groups = (panels + step - 1) / step;
+  const int64_t mc_max = row_block(M, K, N, step * kNR, mr);
   const int64_t blocks = (M + mc_max - 1) / mc_max;
-  // Equal blocks (1024 rows as 2 x 516 rather than 1020 + 4), each a whole number of kMR-row tiles,
+  // Equal blocks (1024 rows as 2 x 516 rather than 1020 + 4), each a whole number of mr-row tiles,
   // so a block's tiles are the tiles pack_a laid out.
-  const int64_t mc = ((M + blocks - 1) / blocks + kMR - 1) / kMR * kMR;
+  const int64_t mc = ((M + blocks - 1) / blocks + mr - 1) / mr * mr;
   // From cpu_pool: a training step's input map packs all T x B rows of x (5.5 MB at 'original'
   // 64 x 40), which a fresh allocation would page-fault in on every call.
   at::Tensor a_buf = cpu_pool::empty({M * K}, packed.options());
   float* ap = a_buf.data_ptr<float>();
-  pack_a(x, M, K, ldx, kcb, ap);
-  // A task covers `step` panels (2 for the AVX-512 kernel, which computes two at once).
-  const int64_t step = wide ? 2 : 1, groups = (panels + step - 1) / step;
+  pack_a(x, M, K, ldx, kcb, mr, ap);
   // ~64K multiply-adds per task at least, so small steps stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, std::min(M, mc) * K * kNR * step));
   at::parallel_for(0, blocks * groups, grain, [&](int64_t t0, int64_t t1) {
@@ -285,16 +305,13 @@ inline void gemm(const float* x, int64_t M, int64_t K, int64_t ldx, const at::Te
         const float* b = bp + (p * K + k0) * kNR;
         // Prefetch addresses past the buffer's end (last panel) are harmless: prefetches never fault.
         const float* next = b + np * K * kNR;
-        for (int64_t m0 = mb; m0 < mb + rows; m0 += kMR) {
-          const int r = static_cast<int>(std::min<int64_t>(kMR, mb + rows - m0));
+        for (int64_t m0 = mb; m0 < mb + rows; m0 += mr) {
+          const int r = static_cast<int>(std::min<int64_t>(mr, mb + rows - m0));
           const float* at = ap + k0 * M + m0 * kc;
           float* ct = y + m0 * ldy + p * kNR;
 #ifdef ELMO_FAST_GEMM_AVX512
           if (wide) {
-            if (np == 2)
-              micro512_rows<2>(r, at, b, K * kNR, next, kc, ct, ldy, ncols, add);
-            else
-              micro512_rows<1>(r, at, b, K * kNR, next, kc, ct, ldy, ncols, add);
+            micro512_tile(r, static_cast<int>(np), at, b, K * kNR, next, kc, ct, ldy, ncols, add);
             continue;
           }
 #endif

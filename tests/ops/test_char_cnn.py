@@ -305,10 +305,12 @@ def test_inference_packed_gemm_path(activation, n_highway):
 
 
 @requires_cpp
-@pytest.mark.parametrize("M,K,N", [(1, 37, 21), (7, 37, 21), (13, 37, 21), (13, 301, 37), (20, 130, 64)])
+@pytest.mark.parametrize("M,K,N", [(1, 37, 21), (7, 37, 21), (13, 37, 21), (13, 301, 37), (20, 130, 64), (17, 130, 85)])
 def test_packed_linear_op(M, K, N, gemm_isa):
-    """Odd row tiles; one panel pair with a partial second panel (N 21), a pair and a lone partial
-    panel (N 37), whole pairs (N 64); one k-block and several of each kernel's size (K 130, 301)."""
+    """Partial row tiles of both kernels (6 rows AVX2, 8 AVX-512: M 7, 13, 17, 20) and every panel
+    group the AVX-512 kernel takes (3 panels of 16 columns): a full and a partial panel (N 21), a
+    triple ending in a partial panel (N 37), a triple and a lone panel (N 64), two triples, the last
+    partial (N 85); one k-block and several of each kernel's size (K 130, 301)."""
     g = torch.Generator().manual_seed(M)
     x = torch.randn(M, K + 3, generator=g)[:, :K]  # non-contiguous rows
     w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)

@@ -165,8 +165,9 @@ def test_opcheck_backward():
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_packed_gemm_tails_and_k_blocks(reverse, gemm_isa):
-    """Shapes that exercise every edge of the packed per-step GEMM: 13 rows (two 6-row tiles + 1),
-    4C = 1204 and P = 19 columns (partial 16-column panels), K = C = 301 > 256 (two k-blocks),
+    """Shapes that exercise every edge of the packed per-step GEMM: 13 rows (6-row tiles + 1 for
+    AVX2, 8 + 5 for AVX-512), 4C = 1204 and P = 19 columns (partial 16-column panels, and 75.25
+    panels: a lone partial one after the AVX-512 kernel's triples), K = C = 301 > 256 (k-blocks),
     forward and backward (whose GEMMs pack the other way round)."""
     x, lengths, ws, h0, c0 = make_inputs(B=13, T=7, I=9, C=301, P=19, lengths=torch.tensor([7, 1, 3, 7, 0, 5, 6, 2, 7, 4, 1, 7, 6]))
     check_against_ref("cpp", x, lengths, ws, h0, c0, 0.9, 0.5, reverse, atol=2e-4)
