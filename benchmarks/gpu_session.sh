@@ -81,7 +81,7 @@ bench() {  # name, limit, -k expression
         --benchmark-json "$OUT/$1_gpu.json" >>"$log" 2>&1
     echo "bench $1 rc=$?" | tee -a "$log"
 }
-bench char_cnn 90 "cuda"
+bench char_cnn 100 "cuda"
 bench lstm 60 "fwd and not fwdbwd"
 bench elmo 60 "not original or 32x20"
 for b in char_cnn lstm elmo; do

@@ -1,5 +1,6 @@
-"""Character encoder: fused op (dedup + C++/CUDA/Triton kernel + ATen highway/projection) vs the
-eager reference `char_cnn_ref`, side by side in one run.
+"""Character encoder: fused op (dedup + C++/CUDA/Triton conv kernel, then the highway -- packed GEMM
++ C++ gate on the CPU, one fused Triton kernel on a GPU -- and the projection) vs the eager reference
+`char_cnn_ref`, side by side in one run; on a GPU also one highway layer alone (`test_highway_cuda`).
 
 Grid: provider (eager, fast = the default backend, on the CPU fast-bf16: `gemm_dtype=torch.bfloat16`,
 forward, and on a GPU triton besides the default cuda) x mode (fwd, fwd+bwd) x preset ('small', 'original') x data (real
@@ -102,3 +103,45 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
     )
     if benchmark.stats is not None and benchmark.stats.stats.mean:
         benchmark.extra_info["eager_equivalent_gflops"] = eager_flops(opts, ids.shape[0], backward) / benchmark.stats.stats.mean / 1e9
+
+
+@pytest.mark.parametrize("provider", ["eager", "triton"])
+@pytest.mark.parametrize("rows", [1024, 2560])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_highway_cuda(benchmark, provider, rows, mode):
+    """One highway layer at the published width (F = 2048, W [4096, 2048]) on a GPU: eager (cuBLAS
+    GEMM + five pointwise kernels; IEEE fp32 under PyTorch's default flags) vs the fused Triton
+    GEMM + gate (3xTF32 under those flags). 1024 rows ~ the distinct tokens of a 64x40 batch of
+    real text, 2560 = all of them. Records TFLOP/s of the forward GEMM and the error against fp64."""
+    if not torch.cuda.is_available():
+        pytest.skip("the fused highway kernel is the GPU path (the CPU runs the packed GEMM + C++ gate)")
+    from elmo_fast.ops.char_cnn.function import TritonHighwayFunction
+    from elmo_fast.ops.char_cnn.reference import highway_ref
+
+    D = 2048
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(rows, D, generator=g, dtype=torch.float64)
+    w64 = torch.randn(2 * D, D, generator=g, dtype=torch.float64) / D**0.5
+    b64 = torch.randn(2 * D, generator=g, dtype=torch.float64)
+    x, w, b = (t.float().cuda().requires_grad_(mode == "fwd_bwd") for t in (x64, w64, b64))
+    fn = highway_ref if provider == "eager" else TritonHighwayFunction.apply
+    dy = torch.randn(rows, D, device="cuda")
+
+    def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                fn(x, w, b)
+        else:
+            x.grad = w.grad = b.grad = None
+            fn(x, w, b).backward(dy)
+        torch.cuda.synchronize()
+
+    run()
+    torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(run, rounds=20, iterations=1)
+    with torch.no_grad():
+        err = (fn(x, w, b).double().cpu() - highway_ref(x64, w64, b64)).abs().max().item()
+    flops = 2 * rows * D * 2 * D * (3 if mode == "fwd_bwd" else 1)
+    benchmark.extra_info.update(provider=provider, rows=rows, mode=mode, device=torch.cuda.get_device_name(),
+                                tflops=flops / benchmark.stats.stats.min / 1e12, max_abs_err_vs_fp64=err,
+                                peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20)

@@ -64,7 +64,9 @@ def _driver(arch: int):
             return self.target
 
         def get_current_device(self):
-            return 0
+            # Triton caches compiled kernels per device index: one index per arch, or a second
+            # arch checked in the same process would be handed the first one's binaries.
+            return arch
 
         def get_current_stream(self, device=None):
             return 0
@@ -154,10 +156,28 @@ def _cases():
 
         return run
 
+    def highway(dtype, D=2048, M=100, precision=None):
+        def run():
+            if precision is not None:  # a GPU's choice for fp32: CPU tensors would always pick "ieee"
+                saved, cnn.highway_precision = cnn.highway_precision, lambda x: precision
+                try:
+                    return highway(dtype, D, M)()
+                finally:
+                    cnn.highway_precision = saved
+            x, w, b = torch.randn(M, D, dtype=dtype), torch.randn(2 * D, D, dtype=dtype), torch.randn(2 * D, dtype=dtype)
+            for save in (False, True):
+                cnn.highway_fwd(x, w, b, save_z=save)
+
+        return run
+
     f32, bf16, f16, f64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
     cases = [(f"char_cnn original {d}", d, char_cnn(original, d)) for d in (f32, bf16)]
     cases.append(("char_cnn original fp32 tf32", f32, char_cnn(original, f32, tf32=True)))
     cases += [(f"char_cnn widths 1,7 {d}", d, char_cnn([[1, 4], [7, 17]], d)) for d in (f16, f64)]
+    # The highway at the 'original' width: fp32 as a GPU runs it (3xTF32 by default, TF32 under
+    # allow_tf32), and the half and double types.
+    cases += [(f"highway fp32 {p}", f32, highway(f32, precision=p)) for p in ("tf32x3", "tf32")]
+    cases += [(f"highway {d}", d, highway(d)) for d in (bf16, f16, f64)]
     # In-kernel time loop: the largest on-chip size (64 x 64) and a small ragged one; per-step kernels:
     # 'tiny' (C 256) and 'original' (C 4096: the 1024-wide blocks).
     for C, P in ((64, 64), (20, 12), (256, 128), (4096, 512)):

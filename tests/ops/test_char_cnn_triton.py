@@ -13,9 +13,10 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref  # noqa: E402
-from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, char_cnn_conv_max  # noqa: E402
-from elmo_fast.ops.char_cnn.triton_impl import tail_starts  # noqa: E402
+from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref, highway_ref  # noqa: E402
+from elmo_fast.ops.char_cnn import function as cnn_function  # noqa: E402
+from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, TritonHighwayFunction, char_cnn_conv_max  # noqa: E402
+from elmo_fast.ops.char_cnn.triton_impl import highway_fwd, tail_starts  # noqa: E402
 from elmo_fast.testing import TOLERANCES, assert_close, random_char_ids  # noqa: E402
 from tests.ops.test_char_cnn import flat, make_params, mixed_ids  # noqa: E402
 
@@ -140,3 +141,98 @@ def test_triton_fp32_conv_follows_cudnn_tf32_flag():
     # to TF32's own scale, 10 mantissa bits over a sum of at most 7 x 6 products.
     bound = 2 * eager_err if eager_err > 0 else 42 * 2**-11 * exact.abs().max().item()
     assert (out - exact).abs().max().item() <= bound + 1e-6
+
+
+def _highway_inputs(M, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, D, generator=g, dtype=torch.float64)
+    w = torch.randn(2 * D, D, generator=g, dtype=torch.float64) / D**0.5
+    b = torch.randn(2 * D, generator=g, dtype=torch.float64)
+    return [t.to(DEVICE, dtype).requires_grad_() for t in (x, w, b)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("M,D", [(1, 5), (7, 40), (65, 97), (130, 33)])
+def test_triton_highway_matches_reference(M, D, dtype):
+    """The fused GEMM + gate kernel: one row; one ragged tile; a second row block and a ragged
+    64-column block; k-blocks of 32 with a ragged last one (D 33, 40, 97); output and every gradient."""
+    x, w, b = _highway_inputs(M, D, dtype)
+    ref = highway_ref(x, w, b)
+    out = TritonHighwayFunction.apply(x, w, b)
+    assert out.dtype == dtype
+    assert_close("y", ref, out)
+    grad = torch.randn_like(ref)
+    for name, r, o in zip(("dx", "dW", "db"), torch.autograd.grad(ref, (x, w, b), grad), torch.autograd.grad(out, (x, w, b), grad)):
+        assert_close(name, r, o)
+
+
+def test_triton_highway_gradcheck_fp64():
+    x, w, b = _highway_inputs(3, 4, torch.float64, seed=1)
+    assert torch.autograd.gradcheck(TritonHighwayFunction.apply, (x, w, b), eps=1e-6, atol=1e-6)
+
+
+def test_triton_highway_saves_pre_activations_only_for_backward():
+    x, w, b = _highway_inputs(9, 6, torch.float32)
+    with torch.no_grad():
+        y, z = highway_fwd(x, w, b, save_z=False)
+        y2, z2 = highway_fwd(x, w, b, save_z=True)
+    assert z is None
+    assert torch.equal(y, y2)
+    assert_close("z", torch.nn.functional.linear(x, w, b), z2)
+
+
+def test_triton_highway_fp16_within_twice_eager_error():
+    x, w, b = _highway_inputs(33, 40, torch.float32)
+    lo = [t.detach().half().requires_grad_() for t in (x, w, b)]
+    ref, eager, out = highway_ref(x, w, b), highway_ref(*lo), TritonHighwayFunction.apply(*lo)
+    grad = torch.randn_like(ref)
+    results = zip(("y", "dx", "dW", "db"),
+                  [ref, *torch.autograd.grad(ref, (x, w, b), grad)],
+                  [out, *torch.autograd.grad(out, lo, grad.half())],
+                  [eager, *torch.autograd.grad(eager, lo, grad.half())])
+    for name, r, o, e in results:
+        assert o.dtype == torch.float16
+        eager_err = (e.float() - r).abs().max().item()
+        err = (o.float() - r).abs().max().item()
+        assert err <= 2 * eager_err + TOLERANCES[torch.float16][0] * max(1.0, r.abs().max().item()), f"{name}: {err} vs eager {eager_err}"
+
+
+def test_gpu_highway_switch(monkeypatch):
+    """ELMO_FAST_GPU_HIGHWAY=torch keeps the eager GEMM + pointwise highway (the fused kernel is
+    then never called); an unknown value is an error that names the choices."""
+    ids = mixed_ids(n_random=3).to(DEVICE)
+    params = _to(make_params(filters=FILTERS), DEVICE)
+    with torch.no_grad():
+        fused = char_cnn(ids, *params, "relu", backend="triton")
+        monkeypatch.setenv("ELMO_FAST_GPU_HIGHWAY", "torch")
+
+        def never(*args):
+            raise AssertionError("the fused highway ran although ELMO_FAST_GPU_HIGHWAY=torch")
+
+        monkeypatch.setattr(cnn_function.TritonHighwayFunction, "apply", never)
+        assert_close("eager highway", fused, char_cnn(ids, *params, "relu", backend="triton"))
+        monkeypatch.setenv("ELMO_FAST_GPU_HIGHWAY", "cublas")
+        with pytest.raises(ValueError, match="ELMO_FAST_GPU_HIGHWAY must be 'triton' or 'torch'"):
+            char_cnn(ids, *params, "relu", backend="triton")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 exists on a GPU only (the interpreter computes exact fp32)")
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_triton_highway_precision_follows_matmul_tf32_flag(allow_tf32):
+    """Flag off (PyTorch's default; eager runs IEEE SGEMM): the kernel's 3xTF32 dots must be about
+    as accurate as fp32 -- within 4x eager fp32's error against fp64 at the 'original' width.
+    Flag on: TF32 like eager's F.linear, within 2x eager's TF32 error."""
+    x, w, b = _highway_inputs(256, 2048, torch.float64, seed=2)
+    exact = highway_ref(x, w, b).detach()
+    x32, w32, b32 = (t.detach().float() for t in (x, w, b))
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    try:
+        with torch.no_grad():
+            eager, out = highway_ref(x32, w32, b32), TritonHighwayFunction.apply(x32, w32, b32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    eager_err = (eager.double() - exact).abs().max().item()
+    err = (out.double() - exact).abs().max().item()
+    assert err <= (2 if allow_tf32 else 4) * eager_err + 1e-7, f"{err} vs eager {eager_err}"
+

@@ -2,7 +2,8 @@
 
 Layers (fast -> slow):
   * `char_cnn()`                 validates, deduplicates tokens, runs the fused conv+max, then the
-                                 highway layers and projection as ATen GEMMs, scatters back.
+                                 highway layers (CPU: ATen or packed GEMM + one-pass C++ gate; GPU:
+                                 GEMM and gate in one Triton kernel) and the projection, scatters back.
   * `CharConvMaxFunction`        autograd for the fused part (gather -> conv of every width -> max
                                  over positions -> activation); the backend picked in forward is
                                  stored on ctx and reused in backward.
@@ -18,13 +19,14 @@ recomputation is needed.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ... import _ext
-from ..._backend import choose_backend
+from ..._backend import backend_available, choose_backend
 from ..weight_copies import bf16_copy, gemm_packed_t
 from .reference import char_cnn_ref
 
@@ -251,11 +253,48 @@ class HighwayFunction(torch.autograd.Function):
         return dx.addmm_(dz, w), dz.t().mm(x), dz.sum(0)
 
 
+class TritonHighwayFunction(torch.autograd.Function):
+    """One highway layer on a GPU (or the interpreter): the GEMM and the gate in one Triton kernel
+    (triton_impl.highway_fwd), which saves the pre-activations z `[N, 2F]` for backward only when
+    a gradient is needed; backward is torch pointwise ops and cuBLAS GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        save = any(ctx.needs_input_grad)
+        y, z = _triton().highway_fwd(x, w, b, save_z=save)
+        if save:
+            ctx.save_for_backward(x, w, z)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, z = ctx.saved_tensors
+        return _triton().highway_bwd(dy.contiguous(), x, w, z)
+
+
+GPU_HIGHWAY_ENV = "ELMO_FAST_GPU_HIGHWAY"
+
+
+def _triton_highway(backend: str, h: torch.Tensor) -> bool:
+    """The fused Triton highway runs for the GPU backends (and 'triton' under the interpreter)
+    unless ELMO_FAST_GPU_HIGHWAY=torch asks for eager's cuBLAS GEMM + pointwise ops."""
+    choice = os.environ.get(GPU_HIGHWAY_ENV, "triton")
+    if choice not in ("triton", "torch"):
+        raise ValueError(f"{GPU_HIGHWAY_ENV} must be 'triton' or 'torch', got {choice!r}")
+    if choice == "torch" or backend not in ("triton", "cuda"):
+        return False
+    if h.device.type == "cuda" and torch.cuda.get_device_capability(h.device)[0] < 8:
+        return False  # TF32 tensor cores (3xTF32 needs them) start with Ampere
+    return backend == "triton" or backend_available("triton", h.device)
+
+
 def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, packed: bool = False) -> torch.Tensor:
     if packed:
         return torch.ops.elmo_fast.highway_gate(_linear(h, w, None, packed), b, h)
     if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
+    if w.dtype == h.dtype and _triton_highway(backend, h):
+        return TritonHighwayFunction.apply(h, w, b)
     n, g = _linear(h, w, b).chunk(2, dim=-1)
     g = torch.sigmoid(g)
     return g * h + (1 - g) * torch.relu(n)

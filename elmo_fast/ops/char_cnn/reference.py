@@ -46,7 +46,13 @@ def char_cnn_ref(
         convs.append(act(y))
     h = torch.cat(convs, dim=-1)  # [N, F]
     for w, b in zip(highway_weights, highway_biases):
-        n, g = F.linear(h, w, b).chunk(2, dim=-1)
-        g = torch.sigmoid(g)
-        h = g * h + (1 - g) * torch.relu(n)
+        h = highway_ref(h, w, b)
     return F.linear(h, proj_weight, proj_bias)
+
+
+def highway_ref(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One highway layer, `[N, F]` -> `[N, F]`: [n | g] = h @ w^T + b (w `[2F, F]`), t = sigmoid(g),
+    t * h + (1 - t) * relu(n)."""
+    n, g = F.linear(h, w, b).chunk(2, dim=-1)
+    g = torch.sigmoid(g)
+    return g * h + (1 - g) * torch.relu(n)
