@@ -70,7 +70,7 @@ stage "GPU tests (CUDA + Triton kernels against the eager reference)"
 timeout -s INT -k 10 120 "$PY" -m pytest -q -p no:cacheprovider \
     tests/ops/test_char_cnn_cuda.py tests/ops/test_lstm_proj_cuda.py \
     tests/ops/test_char_cnn_triton.py tests/ops/test_lstm_proj_triton.py \
-    tests/train/test_pretrain.py -k "cuda or triton or gpu or Cuda or Triton" >"$OUT/gpu_tests.log" 2>&1
+    tests/modules/test_elmo_cuda.py tests/train/test_pretrain.py -k "cuda or triton or gpu or Cuda or Triton" >"$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?" | tee -a "$log"
 tail -n 15 "$OUT/gpu_tests.log" | tee -a "$log"
 
