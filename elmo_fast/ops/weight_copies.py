@@ -6,6 +6,13 @@ converts ~19M weights per direction and layer; packing its 32 MB recurrent weigh
 A copy is kept per (weight tensor, kind) and rebuilt when the weight changes in place (its
 `_version` moves: an optimizer step, `load_state_dict`). Keys are weak and by identity, so a dropped
 model frees its copies.
+
+PyTorch's fused optimizers (`Adam(..., fused=True)` and the like) write parameters without moving
+`_version` (torch 2.13, CPU and CUDA): every copy derived from a weight -- these, and the word-vector
+cache's key -- would silently go on serving the weights from before the step. A global optimizer
+step hook bumps the version of a fused optimizer's parameters after each step, which is what an
+in-place update does. Writing through `param.data` (`p.data.copy_(...)`) escapes version tracking
+too; update weights under `torch.no_grad()` with `p.copy_(...)` instead.
 """
 
 from __future__ import annotations
@@ -13,11 +20,21 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _ext
 
 _COPIES: dict[str, WeakIdKeyDictionary] = {}
+
+
+def _bump_versions_after_fused_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    params = [p for g in optimizer.param_groups if g.get("fused") for p in g["params"]]
+    if params:
+        torch.autograd.graph.increment_version(params)
+
+
+_FUSED_STEP_HOOK = register_optimizer_step_post_hook(_bump_versions_after_fused_step)
 
 
 def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

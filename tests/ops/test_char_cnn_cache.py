@@ -57,6 +57,26 @@ def test_cache_invalidated_when_weights_change():
     assert not torch.allclose(before, after)
 
 
+def test_cache_invalidated_by_a_fused_optimizer_step():
+    """Fused optimizers write parameters without moving `_version`; elmo_fast's step hook moves it."""
+    emb, ws, bs, hw, hb, pw, pb = make_params()
+    param = lambda t: torch.nn.Parameter(t.detach().clone())  # noqa: E731
+    args = (param(emb), [param(w) for w in ws], [param(b) for b in bs], [param(w) for w in hw], [param(b) for b in hb],
+            param(pw), param(pb))
+    opt = torch.optim.Adam(flat(args), lr=0.1, fused=True)
+    cache = WordVectorCache()
+    ids = random_char_ids(5, seed=4)
+    with torch.no_grad():
+        before = char_cnn(ids, *args, cache=cache)
+    char_cnn(ids, *args).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = char_cnn(ids, *args, cache=cache)
+    assert cache.hits == 0
+    assert_close("after the fused step", char_cnn_ref(ids, *args).detach(), after)
+    assert not torch.allclose(before, after)
+
+
 def test_cache_bypassed_when_gradients_are_needed():
     params = make_params()
     cache = WordVectorCache()

@@ -220,6 +220,25 @@ def test_packed_weights_follow_in_place_updates():
     assert_close("after the update", ref, second)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+def test_packed_weights_follow_a_fused_optimizer_step(optimizer):
+    """torch's fused optimizers update parameters without moving `_version`; elmo_fast's step hook
+    bumps it, so the packed copies are rebuilt (without it the second call reused stale weights)."""
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=6, I=5, C=8, P=3)
+    params = [torch.nn.Parameter(w.clone()) for w in ws]
+    make = {"adam": lambda p: torch.optim.Adam(p, lr=0.1, fused=True),
+            "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.5, fused=True)}[optimizer]
+    opt = make(params)
+    out = lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+    out.pow(2).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        second = lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+        ref = lstm_proj_ref(x, lengths, *params, 3.0, 3.0, False, h0, c0)[0]
+    assert not torch.equal(out.detach(), second)
+    assert_close("after the fused step", ref, second)
+
+
 def test_bad_inputs_give_clear_errors():
     x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
     w_in, w_rec, bias, w_proj = ws
