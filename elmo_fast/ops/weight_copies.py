@@ -3,16 +3,16 @@ options (`gemm_dtype=torch.bfloat16`) and GEMM-packed copies for the C++ LSTM's 
 
 Rebuilding them on every call would cost a large part of what they save (the 'original' LSTM
 converts ~19M weights per direction and layer; packing its 32 MB recurrent weight takes ~20 ms).
-A copy is kept per (weight tensor, kind) and rebuilt when the weight changes in place (its
-`_version` moves: an optimizer step, `load_state_dict`). Keys are weak and by identity, so a dropped
+A copy is kept per (weight tensor, kind) and rebuilt when the weight changes: its `_version` moves
+(an in-place update: an optimizer step, `load_state_dict`) or its storage is replaced
+(`param.data = other`, which keeps the version count). Keys are weak and by identity, so a dropped
 model frees its copies.
 
 PyTorch's fused optimizers (`Adam(..., fused=True)` and the like) write parameters without moving
-`_version` (torch 2.13, CPU and CUDA): every copy derived from a weight -- these, and the word-vector
-cache's key -- would silently go on serving the weights from before the step. A global optimizer
-step hook bumps the version of a fused optimizer's parameters after each step, which is what an
-in-place update does. Writing through `param.data` (`p.data.copy_(...)`) escapes version tracking
-too; update weights under `torch.no_grad()` with `p.copy_(...)` instead.
+`_version` (measured on the CPU with torch 2.13): every copy derived from a weight -- these, and the
+word-vector cache's key -- would silently go on serving the weights from before the step. A global
+optimizer step hook bumps the version of a fused optimizer's parameters after each step, as an
+in-place update does. In-place writes through `param.data` (`p.data.mul_(2)`) stay invisible.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torc
     """`make(w.detach())`, cached per weight and `kind` until `w` changes."""
     copies = _COPIES.setdefault(kind, WeakIdKeyDictionary())
     hit = copies.get(w)
-    if hit is not None and hit[0] == w._version and hit[1] == w.shape:
-        return hit[2]
+    # The data pointer too: `param.data = other` swaps the storage and keeps the version count.
+    key = (w._version, w.shape, w.data_ptr())
+    if hit is not None and hit[0] == key:
+        return hit[1]
     copy = make(w.detach())
-    copies[w] = (w._version, w.shape, copy)
+    copies[w] = (key, copy)
     return copy
 
 

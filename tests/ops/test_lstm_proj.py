@@ -220,6 +220,19 @@ def test_packed_weights_follow_in_place_updates():
     assert_close("after the update", ref, second)
 
 
+def test_packed_weights_follow_a_swapped_storage():
+    """`param.data = other` keeps the version count but changes the storage: the copy is rebuilt."""
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=6, I=5, C=8, P=3)
+    params = [torch.nn.Parameter(w.clone()) for w in ws]
+    with torch.no_grad():
+        first = lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+        params[1].data = params[1].data * -0.5
+        second = lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+        ref = lstm_proj_ref(x, lengths, *params, 3.0, 3.0, False, h0, c0)[0]
+    assert not torch.equal(first, second)
+    assert_close("after the swap", ref, second)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
 def test_packed_weights_follow_a_fused_optimizer_step(optimizer):
     """torch's fused optimizers update parameters without moving `_version`; elmo_fast's step hook
