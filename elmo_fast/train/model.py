@@ -100,17 +100,21 @@ class BidirectionalLM(nn.Module):
         negatives = None
         if step is not None and self.n_negative < self.vocab_size:
             negatives = self.sampler.sample(self.n_negative, step, f_out.device)
-        losses = []
+        hs, ts = [], []
         for out, targets in ((f_out, batch.fwd_targets), (b_out, batch.bwd_targets)):
             keep = targets >= 0
-            h = F.dropout(out[keep], self.dropout, self.training)  # [N, P]
-            t = targets[keep]
-            if negatives is None:
-                loss = full_softmax_loss(h, t, self.softmax_weight, self.softmax_bias)
-            else:
-                true_logq = self.sampler.log_inclusion(t.cpu(), self.n_negative).to(h.device)
-                loss = sampled_softmax_loss(h, t, self.softmax_weight, self.softmax_bias, *negatives, true_logq)
-            losses.append(loss)
+            hs.append(F.dropout(out[keep], self.dropout, self.training))  # [N, P]
+            ts.append(targets[keep])
+        if negatives is None:
+            losses = [full_softmax_loss(h, t, self.softmax_weight, self.softmax_bias) for h, t in zip(hs, ts)]
+        else:
+            # Both directions in one call: the softmax weight is gathered (and its gradient
+            # scattered into a zeroed [V, P] tensor) once per step instead of four times, which
+            # was 8 % of a 'tiny' CPU training step.
+            h, t = torch.cat(hs), torch.cat(ts)
+            true_logq = self.sampler.log_inclusion(t.cpu(), self.n_negative).to(h.device)
+            rows = sampled_softmax_loss(h, t, self.softmax_weight, self.softmax_bias, *negatives, true_logq, reduction="none")
+            losses = [rows[: hs[0].shape[0]].sum(), rows[hs[0].shape[0] :].sum()]
         counts = [(batch.fwd_targets >= 0).sum(), (batch.bwd_targets >= 0).sum()]
         return (losses[0], losses[1], counts[0], counts[1]), new_state
 
@@ -126,16 +130,24 @@ def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tens
 
 
 def sampled_softmax_loss(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         neg_ids: torch.Tensor, neg_logq: torch.Tensor, true_logq: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of the sampled softmax loss (Jean et al. 2015, as TF's `sampled_softmax_loss`):
-    logits of the true class and of the shared negatives, each minus the log of its sampling
-    probability; a negative equal to the row's target ("accidental hit") is removed.
+                         neg_ids: torch.Tensor, neg_logq: torch.Tensor, true_logq: torch.Tensor,
+                         reduction: str = "sum") -> torch.Tensor:
+    """Sampled softmax loss (Jean et al. 2015, as TF's `sampled_softmax_loss`): logits of the true
+    class and of the shared negatives, each minus the log of its sampling probability; a negative
+    equal to the row's target ("accidental hit") is removed.
 
     h `[N, P]`, targets `[N]`, neg_ids `[S]`, neg_logq `[S]`, true_logq `[N]` (log inclusion probabilities).
+    Returns the sum over rows (reduction="sum") or the `[N]` per-row losses (reduction="none").
     """
-    true_logits = (h * weight[targets]).sum(-1) + bias[targets] - true_logq.to(h.dtype)  # [N]
-    neg_logits = F.linear(h, weight[neg_ids], bias[neg_ids]) - neg_logq.to(h.dtype)  # [N, S]
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+    N = targets.shape[0]
+    rows = torch.cat([targets, neg_ids])  # one gather: one [V, P] gradient scatter in backward
+    w, b = weight[rows], bias[rows]
+    true_logits = (h * w[:N]).sum(-1) + b[:N] - true_logq.to(h.dtype)  # [N]
+    neg_logits = F.linear(h, w[N:], b[N:]) - neg_logq.to(h.dtype)  # [N, S]
     neg_logits = neg_logits.masked_fill(targets[:, None] == neg_ids[None, :], float("-inf"))
     logits = torch.cat([true_logits[:, None], neg_logits], 1)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (bf16 autocast)
-    return (torch.logsumexp(logits, 1) - logits[:, 0]).sum()
+    per_row = torch.logsumexp(logits, 1) - logits[:, 0]
+    return per_row.sum() if reduction == "sum" else per_row

@@ -54,6 +54,11 @@ def test_sampled_softmax_with_every_word_is_the_full_softmax(N, V, P):
     grads = torch.autograd.grad(out * g, (h, w, b))
     for name, r, o in zip(("h", "w", "b"), grads_ref, grads):
         assert_close(name, r, o)
+    rows = sampled_softmax_loss(h, t, w, b, ids, torch.zeros(V, dtype=torch.float64), torch.zeros(N, dtype=torch.float64),
+                                reduction="none")
+    assert_close("per row", torch.nn.functional.cross_entropy(h @ w.T + b, t, reduction="none"), rows)
+    with pytest.raises(ValueError, match="reduction must be"):
+        sampled_softmax_loss(h, t, w, b, ids, torch.zeros(V), torch.zeros(N), reduction="mean")
 
 
 def test_sampled_softmax_correction_is_applied():
