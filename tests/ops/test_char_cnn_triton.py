@@ -197,6 +197,21 @@ def test_triton_highway_fp16_within_twice_eager_error():
         assert err <= 2 * eager_err + TOLERANCES[torch.float16][0] * max(1.0, r.abs().max().item()), f"{name}: {err} vs eager {eager_err}"
 
 
+def test_triton_highway_follows_autocast():
+    """Under autocast the fused highway runs in the autocast dtype, as eager's F.linear does (fp16
+    here: the interpreter miscomputes bf16 dots), not 3xTF32 on fp32 inputs; gradients reach the
+    fp32 parameters."""
+    x, w, b = _highway_inputs(33, 40, torch.float32)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = cnn_function._highway("triton", x, w, b)
+        eager = highway_ref(x, w, b)
+    exact = highway_ref(x, w, b)
+    assert out.dtype == torch.float16
+    assert (out.float() - exact).abs().max().item() <= 2 * (eager.float() - exact).abs().max().item() + 5e-3
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (x, w, b))
+
+
 def test_gpu_highway_switch(monkeypatch):
     """ELMO_FAST_GPU_HIGHWAY=torch keeps the eager GEMM + pointwise highway (the fused kernel is
     then never called); an unknown value is an error that names the choices."""

@@ -294,6 +294,13 @@ def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pa
     if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
     if w.dtype == h.dtype and _triton_highway(backend, h):
+        device = h.device.type
+        if torch.is_autocast_enabled(device):
+            # A custom Function is not autocast: run the kernel in the autocast dtype, as eager's
+            # F.linear would (bf16 tensor cores in GPU pretraining, not 3xTF32 on fp32 inputs).
+            dt = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return TritonHighwayFunction.apply(h.to(dt), w.to(dt), b.to(dt))
         return TritonHighwayFunction.apply(h, w, b)
     n, g = _linear(h, w, b).chunk(2, dim=-1)
     g = torch.sigmoid(g)
