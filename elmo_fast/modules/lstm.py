@@ -10,6 +10,7 @@ from torch import nn
 
 from .._backend import warn_if_bf16_emulated
 from ..ops.lstm_proj import lstm_proj
+from ..ops.lstm_proj.function import lstm_proj_pair, pair_supported
 
 
 class LstmCellWithProjection(nn.Module):
@@ -33,6 +34,11 @@ class LstmCellWithProjection(nn.Module):
         with torch.no_grad():
             nn.init.zeros_(self.state_linearity.bias)
             self.state_linearity.bias[cell_size : 2 * cell_size].fill_(1.0)  # forget-gate bias
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w_in `[4C, I]`, w_rec `[4C, P]`, bias `[4C]`, w_proj `[P, C]`), as `lstm_proj` takes them."""
+        return (self.input_linearity.weight, self.state_linearity.weight, self.state_linearity.bias,
+                self.state_projection.weight)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, initial_state=None):
         """inputs `[B, T, I]`, lengths `[B]`, initial_state (h `[B, P]`, c `[B, C]`) or None.
@@ -139,8 +145,17 @@ class ElmoLstm(nn.Module):
                 f_state, b_state = (h[:, :P], c[:, :C]), (h[:, P:], c[:, C:])
             else:
                 f_state = b_state = None
-            f_out, (fh, fc) = fl(fwd_in, lengths, f_state)
-            b_out, (bh, bc) = bl(bwd_in, lengths, b_state)
+            # Both directions at once, one per thread, where that beats splitting each step's GEMMs.
+            same = (fl.backend, fl.gemm_dtype, fl.memory_cell_clip_value, fl.state_projection_clip_value) == (
+                bl.backend, bl.gemm_dtype, bl.memory_cell_clip_value, bl.state_projection_clip_value)
+            pair = same and pair_supported(fwd_in, fl.backend, fl.gemm_dtype, fl.state_linearity.weight)
+            if pair:
+                (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
+                    fwd_in, bwd_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value,
+                    fl.state_projection_clip_value, f_state, b_state)
+            else:
+                f_out, (fh, fc) = fl(fwd_in, lengths, f_state)
+                b_out, (bh, bc) = bl(bwd_in, lengths, b_state)
             if k != 0:
                 f_out = f_out + fwd_in
                 b_out = b_out + bwd_in

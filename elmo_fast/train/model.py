@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules.bilm import ElmoBiLm
+from ..ops.lstm_proj.function import lstm_proj_pair, pair_supported
 from .data import Batch
 
 
@@ -85,9 +86,30 @@ class BidirectionalLM(nn.Module):
         lstm = self.bilm._elmo_lstm
         f_state, b_state = (None, None) if state is None else state
         fx, bx = emb[batch.fwd_index], emb[batch.bwd_index]  # [B, T, P]
-        f_out, f_state = self._run(fx, batch.fwd_mask.sum(1), lstm.forward_layers, f_state)
-        b_out, b_state = self._run(bx, batch.bwd_mask.sum(1), lstm.backward_layers, b_state)
+        f_len, b_len = batch.fwd_mask.sum(1), batch.bwd_mask.sum(1)
+        fl, bl = lstm.forward_layers[0], lstm.backward_layers[0]
+        if pair_supported(fx, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
+            return self._run_pair(fx, bx, f_len, b_len, lstm, f_state, b_state)
+        f_out, f_state = self._run(fx, f_len, lstm.forward_layers, f_state)
+        b_out, b_state = self._run(bx, b_len, lstm.backward_layers, b_state)
         return f_out, b_out, (f_state, b_state)
+
+    def _run_pair(self, fx, bx, f_len, b_len, lstm, f_state, b_state):
+        """`_run` for both stacks at once, layer by layer, each layer's two directions concurrently
+        (`lstm_proj_pair`: one thread each on a 2-thread CPU)."""
+        f_in, b_in, f_new, b_new = fx, bx, [], []
+        for k, (fl, bl) in enumerate(zip(lstm.forward_layers, lstm.backward_layers)):
+            fi, bi = F.dropout(f_in, self.dropout, self.training), F.dropout(b_in, self.dropout, self.training)
+            (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
+                fi, bi, (f_len, b_len), fl.weights(), bl.weights(), fl.memory_cell_clip_value,
+                fl.state_projection_clip_value, None if f_state is None else f_state[k],
+                None if b_state is None else b_state[k])
+            if k:
+                f_out, b_out = f_out + f_in, b_out + b_in
+            f_new.append((fh, fc))
+            b_new.append((bh, bc))
+            f_in, b_in = f_out, b_out
+        return f_in, b_in, (f_new, b_new)
 
     def forward(self, batch: Batch, state=None, step: int | None = None):
         """Sampled-softmax losses for training step `step` (its negatives depend only on the seed and

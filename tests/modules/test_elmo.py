@@ -259,3 +259,31 @@ def test_bf16_option_warns_once_where_the_cpu_emulates_bf16(monkeypatch, native)
         elmo.set_gemm_dtype(None)
     emulated = [w for w in seen if issubclass(w.category, RuntimeWarning) and "emulated" in str(w.message)]
     assert len(emulated) == (0 if native else 1), [str(w.message) for w in seen]
+
+
+def test_bilstm_directions_run_concurrently_and_match_the_split_path(monkeypatch):
+    """On 2 threads each layer's two directions run at once (lstm_proj_pair); carried state, the
+    outputs and every gradient must equal running them one after the other."""
+    import elmo_fast.modules.lstm as lstm_module
+    from elmo_fast.modules.lstm import ElmoLstm
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = ElmoLstm(6, 6, 10, 2, 3.0, 3.0, stateful=True)
+        x = torch.randn(4, 7, 6)
+        mask = torch.arange(7)[None] < torch.tensor([7, 1, 4, 6])[:, None]
+        results = []
+        for pair in (True, False):
+            monkeypatch.setattr(lstm_module, "pair_supported", lambda *a, _p=pair: _p)
+            model.reset_states()
+            model(x, mask)  # carried into the second call
+            xi = x.clone().requires_grad_()
+            out = model(xi, mask)
+            grads = torch.autograd.grad(out, [xi, *model.parameters()], torch.ones_like(out))
+            results.append((out, *grads))
+        for i, (a, b) in enumerate(zip(*results)):
+            assert_close(f"tensor {i}", b, a)
+    finally:
+        torch.set_num_threads(old)

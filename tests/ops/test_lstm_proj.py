@@ -412,3 +412,86 @@ def test_cpu_pool_can_be_disabled(tmp_path):
     env["ELMO_FAST_CPU_POOL_MB"] = "lots"
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "ELMO_FAST_CPU_POOL_MB must be a whole number" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Both directions of a layer at once (lstm_proj_pair: one thread per direction).
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_matches_each_direction(dtype):
+    """Own lengths per direction (unsorted, 0, 1 and full), clipping firing, initial states: the
+    outputs and every gradient of both directions equal the reference run one direction at a time."""
+    from elmo_fast.ops.lstm_proj.function import lstm_proj_pair, pair_supported
+
+    xf, len_f, wf, h0f, c0f = make_inputs(B=7, T=9, I=5, C=11, P=6, dtype=dtype, scale=3.0, seed=1)
+    xb, _, wb, h0b, c0b = make_inputs(B=7, T=9, I=5, C=11, P=6, dtype=dtype, scale=3.0, seed=2)
+    len_b = torch.tensor([2, 9, 0, 1, 5, 9, 7])
+    assert pair_supported(xf, None, None, wf[1])
+    leaves = [t.clone().requires_grad_() for t in (xf, *wf, h0f, c0f, xb, *wb, h0b, c0b)]
+    ref = (*lstm_proj_ref(leaves[0], len_f, *leaves[1:5], 0.9, 0.5, False, leaves[5], leaves[6]),
+           *lstm_proj_ref(leaves[7], len_b, *leaves[8:12], 0.9, 0.5, True, leaves[12], leaves[13]))
+    fwd, bwd = lstm_proj_pair(leaves[0], leaves[7], (len_f, len_b), leaves[1:5], leaves[8:12], 0.9, 0.5,
+                              (leaves[5], leaves[6]), (leaves[12], leaves[13]))
+    out = (*fwd, *bwd)
+    assert (ref[0].detach().abs() >= 0.5 - 1e-6).any(), "the projection clip should fire"
+    for name, r, o in zip(("out", "h_n", "c_n", "out (reverse)", "h_n (reverse)", "c_n (reverse)"), ref, out):
+        assert_close(name, r, o)
+    grads = [torch.randn_like(r) for r in ref]
+    names = [f"{n} ({d})" for d in ("forward", "reverse") for n in NAMES]
+    for name, r, o in zip(names, torch.autograd.grad(ref, leaves, grads), torch.autograd.grad(out, leaves, grads)):
+        assert_close(name, r, o, 1e-4 if dtype == torch.float32 else None)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_pair_gradcheck_fp64():
+    from elmo_fast.ops.lstm_proj.function import LstmProjPairFunction
+
+    xf, len_f, wf, h0f, c0f = make_inputs(B=3, T=4, I=2, C=3, P=2, dtype=torch.float64, lengths=torch.tensor([4, 1, 2]))
+    xb, _, wb, h0b, c0b = make_inputs(B=3, T=4, I=2, C=3, P=2, dtype=torch.float64, seed=3)
+    len_b = torch.tensor([3, 4, 0])
+    ins = [t.clone().requires_grad_() for t in (xf, *wf, h0f, c0f, xb, *wb, h0b, c0b)]
+
+    def fn(*t):
+        return LstmProjPairFunction.apply(0.8, 0.6, t[0], len_f, *t[1:7], t[7], len_b, *t[8:14])
+
+    assert torch.autograd.gradcheck(fn, ins, eps=1e-6, atol=1e-5)
+
+
+def test_pair_opcheck():
+    from elmo_fast.ops.lstm_proj.function import _pair_args
+
+    xf, len_f, wf, h0f, c0f = make_inputs(B=4, T=5, I=3, C=4, P=2)
+    xb, _, wb, h0b, c0b = make_inputs(B=4, T=5, I=3, C=4, P=2, seed=4)
+    fwd, bwd = _pair_args(xf, len_f, *wf, h0f, c0f), _pair_args(xb, len_f, *wb, h0b, c0b)
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_pair.default, (fwd, bwd, 0.8, 0.6, True))
+    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(fwd, bwd, 0.8, 0.6, True)
+    args = [[torch.randn_like(r[0]), torch.randn_like(r[1]), torch.randn_like(r[2]), d[0], d[1], d[2], d[3], d[5], d[6],
+             d[7], *r[3:]] for d, r in ((fwd, f), (bwd, b))]
+    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_bwd_pair.default, (args[0], args[1], 0.8, 0.6))
+
+
+def test_pair_is_used_only_where_it_pays():
+    from elmo_fast.ops.lstm_proj.function import pair_supported
+
+    x = torch.randn(2, 3, 4)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert pair_supported(x, None, None, torch.empty(4096, 128))  # 'small'
+        assert not pair_supported(x, None, None, torch.empty(16384, 512))  # 'original': its per-step GEMMs split well
+        assert not pair_supported(x, "torch", None, torch.empty(4096, 128))
+        assert not pair_supported(x, None, torch.bfloat16, torch.empty(4096, 128))
+        torch.set_num_threads(1)
+        assert not pair_supported(x, None, None, torch.empty(4096, 128))
+    finally:
+        torch.set_num_threads(old)

@@ -124,3 +124,34 @@ def test_loss_reaches_every_parameter():
     with torch.no_grad():
         (ef, eb, _, _), _ = model.eval()(batch)  # full softmax
     assert float(ef) / int(nf) < math.log(V) * 3
+
+
+def test_pretraining_directions_run_concurrently_and_match(monkeypatch):
+    """encode() runs each layer's forward and backward LM together on 2 threads (lstm_proj_pair,
+    each direction with its own lengths); same outputs, states and gradients as one stack after
+    the other."""
+    import elmo_fast.train.model as model_module
+    from elmo_fast.testing import random_char_ids
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        V, B, T = 11, 3, 6
+        model = BidirectionalLM(small_options(n_layers=2), V, dropout=0.0)
+        g = torch.Generator().manual_seed(1)
+        batch = _batch(random_char_ids(9), torch.randint(0, 9, (B, T), generator=g), torch.randint(0, 9, (B, T), generator=g), V, g)
+        batch.bwd_mask[1, 4:] = False  # the two directions get different lengths
+        results = []
+        for pair in (True, False):
+            monkeypatch.setattr(model_module, "pair_supported", lambda *a, _p=pair: _p)
+            f, b, (fs, bs) = model.encode(batch)
+            grads = torch.autograd.grad((f.sum() + 2 * b.sum()), list(model.parameters()), allow_unused=True)
+            states = [t for st in (fs, bs) for hc in st for t in hc]
+            results.append((f, b, *states, *(gr for gr in grads if gr is not None)))
+        assert len(results[0]) == len(results[1])
+        for i, (a, b) in enumerate(zip(*results)):
+            assert_close(f"tensor {i}", b, a)
+    finally:
+        torch.set_num_threads(old)
+
