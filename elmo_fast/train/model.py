@@ -87,7 +87,7 @@ class BidirectionalLM(nn.Module):
         f_state, b_state = (None, None) if state is None else state
         fx, bx = emb[batch.fwd_index], emb[batch.bwd_index]  # [B, T, P]
         f_len, b_len = batch.fwd_mask.sum(1), batch.bwd_mask.sum(1)
-        fl, bl = lstm.forward_layers[0], lstm.backward_layers[0]
+        fl = lstm.forward_layers[0]
         if pair_supported(fx, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
             return self._run_pair(fx, bx, f_len, b_len, lstm, f_state, b_state)
         f_out, f_state = self._run(fx, f_len, lstm.forward_layers, f_state)

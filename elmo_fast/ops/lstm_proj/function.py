@@ -1,8 +1,8 @@
 """Public entry point of the LSTM-with-projection sequence op: validation, backend dispatch and the
 autograd Function that runs backward through time on the backend its forward ran on.
 
-Backends: "cpp" (CPU: MKL GEMMs through ATen + fused vectorised pointwise step, whole time loop
-in C++), "cuda" (cuBLAS GEMMs through ATen + CUDA pointwise step kernels), "triton" (torch GEMMs +
+Backends: "cpp" (CPU: packed GEMMs + fused vectorised pointwise step, whole time loop in C++;
+`lstm_proj_pair` runs a layer's two directions at once, one thread each), "cuda" (cuBLAS GEMMs through ATen + CUDA pointwise step kernels), "triton" (torch GEMMs +
 Triton pointwise step kernels, Python time loop), "torch" (the eager reference).
 """
 
