@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
+from unittest import mock
 
 #: Shared memory per block that a kernel may use, by architecture (opt-in maximum, bytes).
 MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -125,11 +126,8 @@ def _cases():
     def char_cnn(filters, dtype, N=48, E=16, tf32=False):
         def run():
             if tf32:  # a GPU's default for fp32 (cudnn.allow_tf32): CPU tensors would always pick exact fp32
-                saved, cnn._ieee = cnn._ieee, lambda emb: False
-                try:
+                with mock.patch.object(cnn, "_ieee", lambda emb: False):
                     return char_cnn(filters, dtype, N, E)()
-                finally:
-                    cnn._ieee = saved
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(0, 262, (N, 50), generator=g)
             emb = torch.randn(262, E, dtype=dtype)
@@ -159,11 +157,8 @@ def _cases():
     def highway(dtype, D=2048, M=100, precision=None):
         def run():
             if precision is not None:  # a GPU's choice for fp32: CPU tensors would always pick "ieee"
-                saved, cnn.highway_precision = cnn.highway_precision, lambda x: precision
-                try:
+                with mock.patch.object(cnn, "highway_precision", lambda x: precision):
                     return highway(dtype, D, M)()
-                finally:
-                    cnn.highway_precision = saved
             x, w, b = torch.randn(M, D, dtype=dtype), torch.randn(2 * D, D, dtype=dtype), torch.randn(2 * D, dtype=dtype)
             for save in (False, True):
                 cnn.highway_fwd(x, w, b, save_z=save)

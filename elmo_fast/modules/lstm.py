@@ -53,6 +53,24 @@ class LstmCellWithProjection(nn.Module):
         return out, (h, c)
 
 
+def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torch.Tensor, b_in: torch.Tensor,
+              lengths, f_state=None, b_state=None):
+    """One layer's forward (`fl`) and reverse (`bl`) direction over `[B, T, I]` inputs: both at once,
+    one thread each (`lstm_proj_pair`), where `pair_supported` says that pays, else one after the
+    other. lengths: `[B]` for both, or a (forward, reverse) pair; states: (h, c) or None.
+
+    Returns ((f_out, (h, c)), (b_out, (h, c)))."""
+    same = (fl.backend, fl.gemm_dtype, fl.memory_cell_clip_value, fl.state_projection_clip_value) == (
+        bl.backend, bl.gemm_dtype, bl.memory_cell_clip_value, bl.state_projection_clip_value)
+    if same and pair_supported(f_in, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
+        (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
+            f_in, b_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value, fl.state_projection_clip_value,
+            f_state, b_state)
+        return (f_out, (fh, fc)), (b_out, (bh, bc))
+    f_len, b_len = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
+    return fl(f_in, f_len, f_state), bl(b_in, b_len, b_state)
+
+
 class ElmoLstm(nn.Module):
     """Two separate stacks (forward, backward) with residual connections above the first layer.
 
@@ -145,17 +163,7 @@ class ElmoLstm(nn.Module):
                 f_state, b_state = (h[:, :P], c[:, :C]), (h[:, P:], c[:, C:])
             else:
                 f_state = b_state = None
-            # Both directions at once, one per thread, where that beats splitting each step's GEMMs.
-            same = (fl.backend, fl.gemm_dtype, fl.memory_cell_clip_value, fl.state_projection_clip_value) == (
-                bl.backend, bl.gemm_dtype, bl.memory_cell_clip_value, bl.state_projection_clip_value)
-            pair = same and pair_supported(fwd_in, fl.backend, fl.gemm_dtype, fl.state_linearity.weight)
-            if pair:
-                (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
-                    fwd_in, bwd_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value,
-                    fl.state_projection_clip_value, f_state, b_state)
-            else:
-                f_out, (fh, fc) = fl(fwd_in, lengths, f_state)
-                b_out, (bh, bc) = bl(bwd_in, lengths, b_state)
+            (f_out, (fh, fc)), (b_out, (bh, bc)) = run_layer(fl, bl, fwd_in, bwd_in, lengths, f_state, b_state)
             if k != 0:
                 f_out = f_out + fwd_in
                 b_out = b_out + bwd_in

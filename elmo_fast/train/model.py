@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules.bilm import ElmoBiLm
-from ..ops.lstm_proj.function import lstm_proj_pair, pair_supported
+from ..modules.lstm import run_layer
 from .data import Batch
 
 
@@ -68,18 +68,6 @@ class BidirectionalLM(nn.Module):
     def set_backend(self, backend: str | None) -> None:
         self.bilm.set_backend(backend)
 
-    def _run(self, x: torch.Tensor, lengths: torch.Tensor, cells, state):
-        """One direction's stack over `x` `[B, T, P]`; state: list of (h, c) per layer or None."""
-        new_state = []
-        inp = x
-        for k, cell in enumerate(cells):
-            out, hc = cell(F.dropout(inp, self.dropout, self.training), lengths, None if state is None else state[k])
-            if k:
-                out = out + inp
-            new_state.append(hc)
-            inp = out
-        return inp, new_state
-
     def encode(self, batch: Batch, state=None):
         """-> (forward top layer `[B, T, P]`, backward top layer `[B, T, P]`, new state)."""
         emb = self.bilm._token_embedder.encode_ids(batch.char_ids)  # [U, P]: each unique token once
@@ -87,27 +75,16 @@ class BidirectionalLM(nn.Module):
         f_state, b_state = (None, None) if state is None else state
         fx, bx = emb[batch.fwd_index], emb[batch.bwd_index]  # [B, T, P]
         f_len, b_len = batch.fwd_mask.sum(1), batch.bwd_mask.sum(1)
-        fl = lstm.forward_layers[0]
-        if pair_supported(fx, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
-            return self._run_pair(fx, bx, f_len, b_len, lstm, f_state, b_state)
-        f_out, f_state = self._run(fx, f_len, lstm.forward_layers, f_state)
-        b_out, b_state = self._run(bx, b_len, lstm.backward_layers, b_state)
-        return f_out, b_out, (f_state, b_state)
-
-    def _run_pair(self, fx, bx, f_len, b_len, lstm, f_state, b_state):
-        """`_run` for both stacks at once, layer by layer, each layer's two directions concurrently
-        (`lstm_proj_pair`: one thread each on a 2-thread CPU)."""
+        # Layer by layer, both stacks: each layer's two directions may run at once (run_layer).
         f_in, b_in, f_new, b_new = fx, bx, [], []
         for k, (fl, bl) in enumerate(zip(lstm.forward_layers, lstm.backward_layers)):
-            fi, bi = F.dropout(f_in, self.dropout, self.training), F.dropout(b_in, self.dropout, self.training)
-            (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
-                fi, bi, (f_len, b_len), fl.weights(), bl.weights(), fl.memory_cell_clip_value,
-                fl.state_projection_clip_value, None if f_state is None else f_state[k],
-                None if b_state is None else b_state[k])
+            (f_out, f_hc), (b_out, b_hc) = run_layer(
+                fl, bl, F.dropout(f_in, self.dropout, self.training), F.dropout(b_in, self.dropout, self.training),
+                (f_len, b_len), None if f_state is None else f_state[k], None if b_state is None else b_state[k])
             if k:
                 f_out, b_out = f_out + f_in, b_out + b_in
-            f_new.append((fh, fc))
-            b_new.append((bh, bc))
+            f_new.append(f_hc)
+            b_new.append(b_hc)
             f_in, b_in = f_out, b_out
         return f_in, b_in, (f_new, b_new)
 

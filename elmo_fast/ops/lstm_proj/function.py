@@ -51,6 +51,20 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
 
 
+def _initial_state(x, w_proj, h0, c0):
+    """(h0, c0) with zeros `[B, P]` / `[B, C]` for the ones not given."""
+    B, (P, C) = x.shape[0], w_proj.shape
+    return (x.new_zeros(B, P) if h0 is None else h0), (x.new_zeros(B, C) if c0 is None else c0)
+
+
+def _clips(cell_clip, proj_clip) -> tuple[float, float]:
+    """The kernels' clip values: floats, 0 = no clip (None counts as 0)."""
+    cell_clip, proj_clip = float(cell_clip or 0.0), float(proj_clip or 0.0)
+    if cell_clip < 0 or proj_clip < 0:
+        raise ValueError(f"clip values must be >= 0 (0/None = no clip), got cell_clip={cell_clip}, proj_clip={proj_clip}")
+    return cell_clip, proj_clip
+
+
 def _fwd_cpp(x, lengths, w_in, w_rec, bias, w_proj, *rest):
     """fp32: the three weights go in packed once per weight version (weight_copies), not per call."""
     if x.dtype != torch.float32:
@@ -148,13 +162,8 @@ def lstm_proj(
                          f"backend {chosen!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
     if chosen == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
-    B, P, C = x.shape[0], w_proj.shape[0], w_proj.shape[1]
-    h0 = x.new_zeros(B, P) if h0 is None else h0
-    c0 = x.new_zeros(B, C) if c0 is None else c0
-    cell_clip = float(cell_clip or 0.0)
-    proj_clip = float(proj_clip or 0.0)
-    if cell_clip < 0 or proj_clip < 0:
-        raise ValueError(f"clip values must be >= 0 (0/None = no clip), got cell_clip={cell_clip}, proj_clip={proj_clip}")
+    h0, c0 = _initial_state(x, w_proj, h0, c0)
+    cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     lengths = lengths.to(torch.long)
     tensors = (x, w_in, w_rec, bias, w_proj, h0, c0)
     if gemm_dtype is not None:
@@ -284,11 +293,8 @@ def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=No
     for x, lens, ws, state in ((x_fwd, lengths_pair[0], weights_fwd, state_fwd), (x_bwd, lengths_pair[1], weights_bwd, state_bwd)):
         h0, c0 = state if state is not None else (None, None)
         _check(x, lens, *ws, h0, c0)
-        B, P, C = x.shape[0], ws[3].shape[0], ws[3].shape[1]
-        dirs.append((x, lens.to(torch.long), *ws, x.new_zeros(B, P) if h0 is None else h0, x.new_zeros(B, C) if c0 is None else c0))
-    cell_clip, proj_clip = float(cell_clip or 0.0), float(proj_clip or 0.0)
-    if cell_clip < 0 or proj_clip < 0:
-        raise ValueError(f"clip values must be >= 0 (0/None = no clip), got cell_clip={cell_clip}, proj_clip={proj_clip}")
+        dirs.append((x, lens.to(torch.long), *ws, *_initial_state(x, ws[3], h0, c0)))
+    cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     tensors = [t for d in dirs for t in d]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out = LstmProjPairFunction.apply(cell_clip, proj_clip, *tensors)
