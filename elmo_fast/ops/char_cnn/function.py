@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ... import _ext
 from ..._backend import backend_available, choose_backend
 from ..weight_copies import bf16_copy, gemm_packed_t
-from .reference import char_cnn_ref
+from .reference import char_cnn_ref, highway_gate_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
@@ -302,9 +302,7 @@ def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pa
             with torch.autocast(device, enabled=False):
                 return TritonHighwayFunction.apply(h.to(dt), w.to(dt), b.to(dt))
         return TritonHighwayFunction.apply(h, w, b)
-    n, g = _linear(h, w, b).chunk(2, dim=-1)
-    g = torch.sigmoid(g)
-    return g * h + (1 - g) * torch.relu(n)
+    return highway_gate_ref(_linear(h, w, b), h)
 
 
 def char_cnn(

@@ -53,6 +53,11 @@ def char_cnn_ref(
 def highway_ref(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """One highway layer, `[N, F]` -> `[N, F]`: [n | g] = h @ w^T + b (w `[2F, F]`), t = sigmoid(g),
     t * h + (1 - t) * relu(n)."""
-    n, g = F.linear(h, w, b).chunk(2, dim=-1)
+    return highway_gate_ref(F.linear(h, w, b), h)
+
+
+def highway_gate_ref(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The highway's gate on its GEMM output z = [n | g] `[N, 2F]` and input h `[N, F]`."""
+    n, g = z.chunk(2, dim=-1)
     g = torch.sigmoid(g)
     return g * h + (1 - g) * torch.relu(n)
