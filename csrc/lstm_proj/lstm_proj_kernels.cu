@@ -36,60 +36,70 @@ __device__ __forceinline__ double sigmoid_(double v) { return 1.0 / (1.0 + exp(-
 __device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f / (1.0f + __expf(2.0f * v)); }
 __device__ __forceinline__ double tanh_(double v) { return tanh(v); }
 
-// gates [n, 4C]: pre-activations (no bias) in, post-activations out. c [n, C]: state in, clipped
-// new cell out. c_raw: unclipped cell. m: o * tanh(clip(c)). Grid (n, ceil(C / kThreads)): rows
+// gates [n, 4C]: pre-activations (no bias) in; act [n, 4C]: post-activations out (act == gates for
+// fp32/fp64, so no __restrict__ on either). c [n, C]: state in, clipped new cell out. c_raw:
+// unclipped cell. m: o * tanh(clip(c)). Grid (n, ceil(C / kThreads)): rows
 // on x, whose limit is 2^31 - 1 (gridDim.y stops at 65535, a plausible batch size).
-template <typename T>
-__global__ void lstm_proj_fwd_step_kernel(T* __restrict__ gates, const T* __restrict__ bias, T* __restrict__ c,
-                                          T* __restrict__ c_raw, T* __restrict__ m, int64_t C, double clip) {
-  using acc_t = typename Acc<T>::type;
-  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t r = blockIdx.x;
-  if (j >= C) return;
-  const acc_t hi = static_cast<acc_t>(clip);
-  T* g = gates + r * 4 * C;
-  const acc_t i = sigmoid_(to_acc(g[j]) + to_acc(bias[j]));
-  const acc_t f = sigmoid_(to_acc(g[C + j]) + to_acc(bias[C + j]));
-  const acc_t gg = tanh_(to_acc(g[2 * C + j]) + to_acc(bias[2 * C + j]));
-  const acc_t o = sigmoid_(to_acc(g[3 * C + j]) + to_acc(bias[3 * C + j]));
-  const acc_t cn = i * gg + f * to_acc(c[r * C + j]);
-  const acc_t cc = fmin(fmax(cn, -hi), hi);
-  c_raw[r * C + j] = static_cast<T>(cn);
-  c[r * C + j] = static_cast<T>(cc);
-  m[r * C + j] = static_cast<T>(o * tanh_(cc));
-  g[j] = static_cast<T>(i);
-  g[C + j] = static_cast<T>(f);
-  g[2 * C + j] = static_cast<T>(gg);
-  g[3 * C + j] = static_cast<T>(o);
-}
-
-// Backward of one step for rows [0, n): see pointwise_bwd in lstm_proj.cpp. first[r] != 0 marks
-// the row's first step, whose previous cell is c0 (unclipped); otherwise clip(c_raw_prev).
-template <typename T>
-__global__ void lstm_proj_bwd_step_kernel(const T* __restrict__ gates, const T* __restrict__ c_raw,
-                                          const T* __restrict__ c_raw_prev, const T* __restrict__ c0,
-                                          const int32_t* __restrict__ first, const T* __restrict__ dm,
-                                          T* __restrict__ dc, T* __restrict__ dz, int64_t C, double clip) {
+template <typename T, typename S = typename Acc<T>::type>
+__global__ void lstm_proj_fwd_step_kernel(const T* gates, S* act, const T* __restrict__ bias, S* __restrict__ c,
+                                          S* __restrict__ c_raw, T* __restrict__ m, int64_t C, double clip) {
   using acc_t = typename Acc<T>::type;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t r = blockIdx.x;
   if (j >= C) return;
   const acc_t hi = static_cast<acc_t>(clip);
   const T* g = gates + r * 4 * C;
-  const acc_t i = to_acc(g[j]), f = to_acc(g[C + j]), gg = to_acc(g[2 * C + j]), o = to_acc(g[3 * C + j]);
-  const acc_t cn = to_acc(c_raw[r * C + j]);
+  const acc_t i = sigmoid_(to_acc(g[j]) + to_acc(bias[j]));
+  const acc_t f = sigmoid_(to_acc(g[C + j]) + to_acc(bias[C + j]));
+  const acc_t gg = tanh_(to_acc(g[2 * C + j]) + to_acc(bias[2 * C + j]));
+  const acc_t o = sigmoid_(to_acc(g[3 * C + j]) + to_acc(bias[3 * C + j]));
+  const acc_t cn = i * gg + f * c[r * C + j];
+  const acc_t cc = fmin(fmax(cn, -hi), hi);
+  c_raw[r * C + j] = cn;
+  c[r * C + j] = cc;
+  m[r * C + j] = static_cast<T>(o * tanh_(cc));
+  S* a = act + r * 4 * C;
+  a[j] = i;
+  a[C + j] = f;
+  a[2 * C + j] = gg;
+  a[3 * C + j] = o;
+}
+
+// Backward of one step for rows [0, n): see pointwise_bwd in lstm_proj.cpp. first[r] != 0 marks
+// the row's first step, whose previous cell is c0 (unclipped); otherwise clip(c_raw_prev).
+template <typename T, typename S = typename Acc<T>::type>
+__global__ void lstm_proj_bwd_step_kernel(const S* __restrict__ act, const S* __restrict__ c_raw,
+                                          const S* __restrict__ c_raw_prev, const S* __restrict__ c0,
+                                          const int32_t* __restrict__ first, const T* __restrict__ dm,
+                                          S* __restrict__ dc, T* __restrict__ dz, int64_t C, double clip) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t r = blockIdx.x;
+  if (j >= C) return;
+  const acc_t hi = static_cast<acc_t>(clip);
+  const S* a = act + r * 4 * C;
+  const acc_t i = a[j], f = a[C + j], gg = a[2 * C + j], o = a[3 * C + j];
+  const acc_t cn = c_raw[r * C + j];
   const acc_t cc = fmin(fmax(cn, -hi), hi);
   const acc_t tc = tanh_(cc);
   const acc_t d_m = to_acc(dm[r * C + j]);
   const acc_t pass = fabs(cn) <= hi ? acc_t(1) : acc_t(0);
-  const acc_t dcn = (d_m * o * (acc_t(1) - tc * tc) + to_acc(dc[r * C + j])) * pass;
-  const acc_t c_prev = first[r] ? to_acc(c0[r * C + j]) : fmin(fmax(to_acc(c_raw_prev[r * C + j]), -hi), hi);
+  const acc_t dcn = (d_m * o * (acc_t(1) - tc * tc) + dc[r * C + j]) * pass;
+  const acc_t c_prev = first[r] ? c0[r * C + j] : fmin(fmax(c_raw_prev[r * C + j], -hi), hi);
   T* d = dz + r * 4 * C;
   d[j] = static_cast<T>(dcn * gg * i * (acc_t(1) - i));
   d[C + j] = static_cast<T>(dcn * c_prev * f * (acc_t(1) - f));
   d[2 * C + j] = static_cast<T>(dcn * i * (acc_t(1) - gg * gg));
   d[3 * C + j] = static_cast<T>(d_m * tc * o * (acc_t(1) - o));
-  dc[r * C + j] = static_cast<T>(dcn * f);
+  dc[r * C + j] = dcn * f;
+}
+
+// The cell state, the cached gate activations and cell (act, c_raw) and the carried cell gradient
+// dc are fp32 for fp16/bf16 inputs (S = Acc<T>::type); the GEMM operands and results, m and the
+// outputs stay in T. Why, with the error measured: elmo_fast/ops/lstm_proj/triton_impl.py, whose
+// kernels make the same choice.
+inline at::ScalarType state_type(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
 }
 
 inline double bound(double clip) { return clip > 0 ? clip : INFINITY; }
@@ -114,12 +124,17 @@ lstm_proj_fwd_cuda(const at::Tensor& x_, const at::Tensor& lengths, const at::Te
 
   auto xs = x.index_select(0, plan.perm).transpose(0, 1).contiguous();
   auto gates = at::mm(xs.view({T * B, I}), w_in.t()).view({T, B, C4});
+  auto sopts = opts.dtype(state_type(x.scalar_type()));
   auto h = h0.index_select(0, plan.perm).contiguous();
-  auto c = c0.index_select(0, plan.perm).contiguous();
+  auto c = c0.index_select(0, plan.perm).to(sopts.dtype()).contiguous();
   auto h_raw = at::zeros({T, B, P}, opts);
-  auto c_raw = save_cache ? at::zeros({T, B, C}, opts) : at::empty({B, C}, opts);
+  auto c_raw = save_cache ? at::zeros({T, B, C}, sopts) : at::empty({B, C}, sopts);
   auto m = save_cache ? at::zeros({T, B, C}, opts) : at::empty({B, C}, opts);
   auto h_prev = save_cache ? at::zeros({T, B, P}, opts) : at::empty({0}, opts);
+  // Gate activations overwrite the pre-activations when the state dtype is the model's; otherwise
+  // they go to an fp32 cache (or, without one, to a scratch row block the kernel may overwrite).
+  const bool split = sopts.dtype() != opts.dtype();
+  auto act = !split ? gates : save_cache ? at::zeros({T, B, C4}, sopts) : at::empty({B, C4}, sopts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_proj_fwd_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
@@ -127,14 +142,16 @@ lstm_proj_fwd_cuda(const at::Tensor& x_, const at::Tensor& lengths, const at::Te
       const int64_t n = plan.active[t];
       if (n == 0) continue;
       auto g = gates[t].narrow(0, 0, n);
+      auto a = !split || save_cache ? act[t] : act;
       auto hp = h.narrow(0, 0, n);
       if (save_cache) h_prev[t].narrow(0, 0, n).copy_(hp);
       g.addmm_(hp, w_rec.t());
       auto craw_t = save_cache ? c_raw[t] : c_raw;
       auto m_t = (save_cache ? m[t] : m).narrow(0, 0, n);
+      using state_t = typename Acc<scalar_t>::type;
       lstm_proj_fwd_step_kernel<scalar_t><<<grid(C, n), kThreads, 0, stream>>>(
-          g.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), craw_t.data_ptr<scalar_t>(),
-          m_t.data_ptr<scalar_t>(), C, bound(cell_clip));
+          g.data_ptr<scalar_t>(), a.data_ptr<state_t>(), bias.data_ptr<scalar_t>(), c.data_ptr<state_t>(),
+          craw_t.data_ptr<state_t>(), m_t.data_ptr<scalar_t>(), C, bound(cell_clip));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto hr = h_raw[t].narrow(0, 0, n);
       at::mm_out(hr, m_t, w_proj.t());
@@ -148,12 +165,12 @@ lstm_proj_fwd_cuda(const at::Tensor& x_, const at::Tensor& lengths, const at::Te
   auto out_tm = proj_clip > 0 ? h_raw.clamp(-proj_clip, proj_clip) : h_raw;
   auto out = out_tm.transpose(0, 1).index_select(0, plan.inv_perm);
   auto h_n = h.index_select(0, plan.inv_perm);
-  auto c_n = c.index_select(0, plan.inv_perm);
+  auto c_n = c.index_select(0, plan.inv_perm).to(x.scalar_type());
   if (!save_cache) {
     auto none = [&] { return at::empty({0}, opts); };
     return {out, h_n, c_n, none(), none(), none(), none(), none()};
   }
-  return {out, h_n, c_n, gates, c_raw, m, h_raw, h_prev};
+  return {out, h_n, c_n, act, c_raw, m, h_raw, h_prev};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_bwd_cuda(
@@ -170,6 +187,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                   h_raw_.numel() == T * B * P && h_prev_.numel() == T * B * P,
               "lstm_proj backward: the forward cache is missing or has the wrong shape (run forward with "
               "save_cache=True)");
+  const auto sdtype = state_type(x.scalar_type());
+  TORCH_CHECK(c_raw_.scalar_type() == sdtype && gates_.scalar_type() == sdtype, "lstm_proj backward: the cached ",
+              "gates/cell are ", gates_.scalar_type(), "/", c_raw_.scalar_type(), ", expected ", sdtype, " for ",
+              x.scalar_type(), " inputs (pass the cache this forward returned)");
   auto gates = gates_.contiguous(), c_raw = c_raw_.contiguous(), m = m_.contiguous();
   auto h_raw = h_raw_.contiguous(), h_prev = h_prev_.contiguous();
   Plan plan = make_plan(lengths, T, x.device());
@@ -185,8 +206,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   auto go = grad_out.index_select(0, plan.perm).transpose(0, 1).contiguous();
   auto dh = grad_hn.index_select(0, plan.perm).contiguous();
-  auto dc = grad_cn.index_select(0, plan.perm).contiguous();
-  auto c0s = c0.index_select(0, plan.perm).contiguous();
+  auto dc = grad_cn.index_select(0, plan.perm).to(sdtype).contiguous();
+  auto c0s = c0.index_select(0, plan.perm).to(sdtype).contiguous();
   auto dz = at::zeros({T, B, C4}, opts);
   auto dh_raw = at::zeros({T, B, P}, opts);
 
@@ -202,9 +223,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t tp = reverse ? t + 1 : t - 1;
       const at::Tensor& prev = (tp >= 0 && tp < T) ? c_raw[tp] : c0s;
       auto dz_t = dz[t].narrow(0, 0, n);
+      using state_t = typename Acc<scalar_t>::type;
       lstm_proj_bwd_step_kernel<scalar_t><<<grid(C, n), kThreads, 0, stream>>>(
-          gates[t].data_ptr<scalar_t>(), c_raw[t].data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(),
-          c0s.data_ptr<scalar_t>(), first[t].data_ptr<int32_t>(), dm.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+          gates[t].data_ptr<state_t>(), c_raw[t].data_ptr<state_t>(), prev.data_ptr<state_t>(),
+          c0s.data_ptr<state_t>(), first[t].data_ptr<int32_t>(), dm.data_ptr<scalar_t>(), dc.data_ptr<state_t>(),
           dz_t.data_ptr<scalar_t>(), C, bound(cell_clip));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto dh_t = dh.narrow(0, 0, n);
@@ -224,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           dz2.sum(0),
           at::mm(dh_raw.view({T * B, P}).t(), m.view({T * B, C})),
           dh.index_select(0, plan.inv_perm),
-          dc.index_select(0, plan.inv_perm)};
+          dc.index_select(0, plan.inv_perm).to(x.scalar_type())};
 }
 
 }  // namespace

@@ -77,6 +77,36 @@ def check_low_precision(backend, dtype, x, lengths, ws, h0, c0):
     return ref, out
 
 
+def check_half_state(backend, dtype, device, reverse=False):
+    """bf16/fp16 inputs over 48 steps with the forget and input gates near 1, so the cell is a long
+    running sum that reaches |c| ~ 40 (no clip): each output and gradient of `backend` against fp64
+    run on the same rounded inputs must have at most 1.5x the error of the eager reference run in
+    `dtype`, and the final cell at most 0.3x (measured with the Triton kernels: 0.05-1.05x, the final
+    cell 0.05-0.14x). Rounding the cell state and the cached gate activations to `dtype` at every
+    step fails it: bf16 outputs then had 3-5.6x and gradients 2.5-11x eager's error."""
+    B, T, C = 4, 48, 24
+    x, lengths, ws, h0, c0 = make_inputs(B=B, T=T, I=3, C=C, P=4, dtype=torch.float64, lengths=torch.tensor([48, 30, 48, 17]),
+                                         seed=3)
+    ws[2][: 2 * C] += 6.0  # input and forget gate biases: i, f ~ 0.9975
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(B, T, 4, generator=gen, dtype=torch.float64), torch.randn(B, 4, generator=gen, dtype=torch.float64),
+             torch.randn(B, C, generator=gen, dtype=torch.float64)]
+    low = [t.to(dtype) for t in (x, *ws, h0, c0, *grads)]
+    x, ws, h0, c0, grads = low[0], low[1:5], low[5], low[6], low[7:]
+    x, ws, h0, c0 = x.to(device), [w.to(device) for w in ws], h0.to(device), c0.to(device)
+    grads = [g.to(device) for g in grads]
+    exact = run("ref", x.double(), lengths, [w.double() for w in ws], h0.double(), c0.double(), 0, 0, reverse,
+                [g.double() for g in grads])
+    eager = run("ref", x, lengths, ws, h0, c0, 0, 0, reverse, grads)
+    fast = run(backend, x, lengths, ws, h0, c0, 0, 0, reverse, grads)
+    assert exact[0][2].abs().max() > 30, "the cell did not grow: the test would not exercise its precision"
+    for name, r, e, o in zip(("out", "h_n", "c_n", *NAMES), [*exact[0], *exact[1]], [*eager[0], *eager[1]], [*fast[0], *fast[1]]):
+        assert o.dtype == dtype, name
+        err, err_eager = (o.double() - r).abs().max().item(), (e.double() - r).abs().max().item()
+        bound = (0.3 if name == "c_n" else 1.5) * err_eager
+        assert err <= bound, f"{name}: {backend} {dtype} error {err:.3g}, eager {dtype} {err_eager:.3g}"
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4), (3.0, 0)])
 def test_matches_reference_fp32(reverse, clips):

@@ -62,3 +62,14 @@ def test_cuda_other_dtypes(dtype, exact_fp32):
     for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
         assert o.dtype == dtype
         assert_close(name, r, o, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cuda_half_precision_state(dtype, reverse, exact_fp32):
+    """fp32 cell state and cached gate activations for bf16/fp16 models: see check_half_state."""
+    _require_cuda_ext()
+    from tests.ops.test_lstm_proj import check_half_state
+
+    check_half_state("cuda", dtype, "cuda", reverse)

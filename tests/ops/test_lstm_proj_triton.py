@@ -118,3 +118,16 @@ def test_low_precision_within_2x_of_eager(dtype, fwd_path):
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))
     check_low_precision("triton", dtype, x.to(dev), lengths, [w.to(dev) for w in ws], h0.to(dev), c0.to(dev))
+
+
+@here
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_half_precision_state(dtype, reverse, fwd_path):
+    """fp32 cell state and cached gate activations for bf16/fp16 models (issue #4): see
+    check_half_state; both forward paths, both directions."""
+    from elmo_fast.ops.lstm_proj.function import state_dtype
+    from tests.ops.test_lstm_proj import check_half_state
+
+    check_half_state("triton", dtype, _device(), reverse)
+    assert state_dtype(dtype) == torch.float32

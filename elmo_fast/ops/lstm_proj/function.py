@@ -51,6 +51,13 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the kernels' cell state, its carried gradient and the cached gate activations and
+    cell: fp32 for bf16/fp16 inputs (why, and the error it saves: triton_impl's docstring), the
+    inputs' own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _initial_state(x, w_proj, h0, c0):
     """(h0, c0) with zeros `[B, P]` / `[B, C]` for the ones not given."""
     B, (P, C) = x.shape[0], w_proj.shape
@@ -188,7 +195,10 @@ def _register_fakes() -> None:
         C4, P = w_rec.shape
         C = C4 // 4
         if save_cache:
-            cache = [x.new_empty(T, B, C4), x.new_empty(T, B, C), x.new_empty(T, B, C), x.new_empty(T, B, P), x.new_empty(T, B, P)]
+            # the gate activations and the cell are cached in fp32 for bf16/fp16 inputs (GPU backends)
+            sdt = state_dtype(x.dtype)
+            cache = [x.new_empty(T, B, C4, dtype=sdt), x.new_empty(T, B, C, dtype=sdt), x.new_empty(T, B, C),
+                     x.new_empty(T, B, P), x.new_empty(T, B, P)]
         else:
             cache = [x.new_empty(0) for _ in range(5)]
         return (x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C), *cache)

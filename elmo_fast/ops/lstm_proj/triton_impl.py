@@ -4,6 +4,15 @@ driven by a Python time loop whose GEMMs are torch's (cuBLAS on a GPU). Backward
 C++ op `elmo_fast::lstm_proj_fwd` / `lstm_proj_bwd` (see csrc/lstm_proj/lstm_proj.h), so
 `LstmProjFunction` drives either.
 
+bf16/fp16 models: the GEMM operands and results and the outputs stay in the model's dtype, but the
+cell state, the cached gate activations and cell (c_raw) and the carried cell gradient are fp32
+(`state_dtype`). The cell is a running sum over every step: rounding it to bf16 at each step adds
+an error that grows with the sequence. And a gate near saturation, f = 0.9975 say, is 0.9961 in
+bf16, so backward's f * (1 - f) is 56 % off. Measured against fp64 run on the same bf16 inputs
+(48 steps, f near 1): with both in bf16, the outputs had 3-5.6x and the gradients 2.5-11x the error
+of the eager reference run in bf16; with both in fp32, 0.08-0.8x and 0.2-1.05x
+(tests/ops/test_lstm_proj_triton.py::test_half_precision_state).
+
 On the CPU these kernels only run under `TRITON_INTERPRET=1` (tests). The interpreter has no
 libdevice, so tanh is written as 2 * sigmoid(2x) - 1 (abs. error ~2e-7 in fp32).
 """
@@ -15,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import on_device_of_first_arg
+from .function import state_dtype
 
 
 @triton.jit
@@ -24,7 +34,8 @@ def _tanh(x):
 
 @triton.jit
 def _lstm_proj_fwd_step_kernel(
-    G,  # [n, 4C] pre-activations in (bias not added), post-activations i, f, g, o out
+    G,  # [n, 4C] pre-activations (bias not added)
+    ACT,  # [n, 4C] post-activations i, f, g, o out (state dtype; may be G itself)
     BIAS,  # [4C]
     CST,  # [n, C] cell state: previous in, clipped new out
     CRAW,  # [n, C] unclipped new cell
@@ -54,10 +65,11 @@ def _lstm_proj_fwd_step_kernel(
     tl.store(CRAW + r * C + j, cn, mask=mask)
     tl.store(CST + r * C + j, cc, mask=mask)
     tl.store(M + r * C + j, o * _tanh(cc), mask=mask)
-    tl.store(g_row + j, i, mask=mask)
-    tl.store(g_row + C + j, f, mask=mask)
-    tl.store(g_row + 2 * C + j, g, mask=mask)
-    tl.store(g_row + 3 * C + j, o, mask=mask)
+    a_row = ACT + r * 4 * C
+    tl.store(a_row + j, i, mask=mask)
+    tl.store(a_row + C + j, f, mask=mask)
+    tl.store(a_row + 2 * C + j, g, mask=mask)
+    tl.store(a_row + 3 * C + j, o, mask=mask)
 
 
 @triton.jit
@@ -108,7 +120,8 @@ def _lstm_proj_bwd_step_kernel(
 
 @triton.jit
 def _lstm_proj_fwd_loop_kernel(
-    GX,  # [T, B, 4C] input map x @ w_in^T (sorted rows); post-activations i, f, g, o written back when SAVE
+    GX,  # [T, B, 4C] input map x @ w_in^T (sorted rows)
+    ACT,  # [T, B, 4C] fp32 post-activations i, f, g, o out when SAVE and SPLIT_ACT (else into GX)
     LEN,  # [B] int64 lengths, sorted descending
     WREC,  # [4C, P]
     BIAS,  # [4C]
@@ -131,6 +144,7 @@ def _lstm_proj_fwd_loop_kernel(
     HAS_PCLIP: tl.constexpr,
     REVERSE: tl.constexpr,
     SAVE: tl.constexpr,
+    SPLIT_ACT: tl.constexpr,
     IEEE: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -172,8 +186,9 @@ def _lstm_proj_fwd_loop_kernel(
         act = rmask & (t < lens)
         ac = act[:, None] & cmask[None, :]
         ap = act[:, None] & pmask[None, :]
-        g_ptr = GX + (t * B + rows[:, None]).to(tl.int64) * 4 * C + cc[None, :]
-        if IEEE:  # fp32 weights: no TF32 rounding, so the result matches the reference
+        g_off = (t * B + rows[:, None]).to(tl.int64) * 4 * C + cc[None, :]
+        g_ptr = GX + g_off
+        if IEEE:  # fp32 weights (or half-precision training): no TF32 rounding
             ri = tl.dot(h, wi, input_precision="ieee")
             rf = tl.dot(h, wf, input_precision="ieee")
             rg = tl.dot(h, wg, input_precision="ieee")
@@ -202,10 +217,12 @@ def _lstm_proj_fwd_loop_kernel(
         tp = (t * B + rows[:, None]).to(tl.int64)
         tl.store(HRAW + tp * P + pp[None, :], hr, mask=ap)
         if SAVE:
-            tl.store(g_ptr, i, mask=ac)
-            tl.store(g_ptr + C, f, mask=ac)
-            tl.store(g_ptr + 2 * C, g, mask=ac)
-            tl.store(g_ptr + 3 * C, o, mask=ac)
+            # a separate pointer only when needed: on sm_80 the fp32 64 x 64 kernel spilled with it
+            a_ptr = ACT + g_off if SPLIT_ACT else g_ptr
+            tl.store(a_ptr, i, mask=ac)
+            tl.store(a_ptr + C, f, mask=ac)
+            tl.store(a_ptr + 2 * C, g, mask=ac)
+            tl.store(a_ptr + 3 * C, o, mask=ac)
             tl.store(CRAW + tp * C + cc[None, :], cn, mask=ac)
             tl.store(M + tp * C + cc[None, :], m, mask=ac)
             tl.store(HPREV + tp * P + pp[None, :], h, mask=ap)
@@ -233,15 +250,23 @@ def _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0,
     c0s = c0.index_select(0, perm).contiguous()
     h_raw = x.new_zeros(T, B, P)
     if save_cache:
-        c_raw, m, h_prev = x.new_zeros(T, B, C), x.new_zeros(T, B, C), x.new_zeros(T, B, P)
+        act = _act_buffer(gates)
+        c_raw = x.new_zeros(T, B, C, dtype=state_dtype(x.dtype))
+        m, h_prev = x.new_zeros(T, B, C), x.new_zeros(T, B, P)
     else:
+        act = gates
         c_raw = m = h_prev = x.new_empty(1)
     h_n, c_n = torch.empty_like(h0s), torch.empty_like(c0s)
     block_b = 16
+    # bf16/fp16 training (fp32 activations to a separate cache) takes IEEE dots: with TF32 the
+    # extra stores made ptxas spill 8-16 B at C 20 x P 12 (sm_80/sm_90); without TF32 nothing
+    # spills. Their operands are bf16/fp16 weights and the fp32 h, so this only adds accuracy.
+    split = act is not gates
     _lstm_proj_fwd_loop_kernel[(triton.cdiv(B, block_b),)](
-        gates, sorted_len, w_rec, bias, w_proj, h0s, c0s, h_raw, c_raw, m, h_prev, h_n, c_n, T, B, C, P,
+        gates, act, sorted_len, w_rec, bias, w_proj, h0s, c0s, h_raw, c_raw, m, h_prev, h_n, c_n, T, B, C, P,
         float(cell_clip), float(proj_clip), HAS_CCLIP=cell_clip > 0, HAS_PCLIP=proj_clip > 0, REVERSE=bool(reverse),
-        SAVE=bool(save_cache), IEEE=w_rec.dtype == torch.float32, BLOCK_B=block_b, BLOCK_C=_pow2(C), BLOCK_P=_pow2(P),
+        SAVE=bool(save_cache), SPLIT_ACT=split, IEEE=w_rec.dtype == torch.float32 or split, BLOCK_B=block_b,
+        BLOCK_C=_pow2(C), BLOCK_P=_pow2(P),
         # 8 warps: with 4, the fp32 64 x 64 weights took all 255 registers and spilled ~160 B per
         # thread to local memory, and bf16/fp16 spilled 8 B; with 8 nothing spills and with 16 the
         # 128-register cap spills again (ptxas via `python -m elmo_fast.triton_check`, sm_90).
@@ -251,7 +276,14 @@ def _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0,
     h_n, c_n = h_n.index_select(0, inv), c_n.index_select(0, inv)
     if not save_cache:
         return (out, h_n, c_n, *(x.new_empty(0) for _ in range(5)))
-    return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
+    return out, h_n, c_n, act, c_raw, m, h_raw, h_prev
+
+
+def _act_buffer(gates: torch.Tensor) -> torch.Tensor:
+    """Where forward caches the gate activations: the pre-activation buffer itself, overwritten, when
+    the state dtype is the model's; a separate fp32 buffer for bf16/fp16 models."""
+    sdt = state_dtype(gates.dtype)
+    return gates if sdt == gates.dtype else torch.zeros_like(gates, dtype=sdt)
 
 
 def _block(C: int) -> int:
@@ -283,11 +315,13 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
         return _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip,
                               reverse, save_cache)
     h = h0.index_select(0, perm).contiguous()
-    c = c0.index_select(0, perm).contiguous()
+    sdt = state_dtype(x.dtype)
+    c = c0.index_select(0, perm).to(sdt).contiguous()
     h_raw = x.new_zeros(T, B, P)
-    c_raw = x.new_zeros(T, B, C) if save_cache else x.new_empty(B, C)
+    c_raw = x.new_zeros(T, B, C, dtype=sdt) if save_cache else x.new_empty(B, C, dtype=sdt)
     m = x.new_zeros(T, B, C) if save_cache else x.new_empty(B, C)
     h_prev = x.new_zeros(T, B, P) if save_cache else x.new_empty(0)
+    act = _act_buffer(gates) if save_cache else gates
     block = _block(C)
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -301,16 +335,16 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
         craw_t = c_raw[t] if save_cache else c_raw
         m_t = (m[t] if save_cache else m)[:n]
         _lstm_proj_fwd_step_kernel[(n, triton.cdiv(C, block))](
-            g, bias, c, craw_t, m_t, C, float(cell_clip), HAS_CLIP=cell_clip > 0, BLOCK_C=block)
+            g, act[t, :n], bias, c, craw_t, m_t, C, float(cell_clip), HAS_CLIP=cell_clip > 0, BLOCK_C=block)
         hr = h_raw[t, :n]
         torch.mm(m_t, w_proj.t(), out=hr)
         h[:n] = hr.clamp(-proj_clip, proj_clip) if proj_clip > 0 else hr
     out = h_raw.clamp(-proj_clip, proj_clip) if proj_clip > 0 else h_raw
     out = out.transpose(0, 1).index_select(0, inv)
-    h_n, c_n = h.index_select(0, inv), c.index_select(0, inv)
+    h_n, c_n = h.index_select(0, inv), c.index_select(0, inv).to(x.dtype)
     if not save_cache:
         return (out, h_n, c_n, *(x.new_empty(0) for _ in range(5)))
-    return out, h_n, c_n, gates, c_raw, m, h_raw, h_prev
+    return out, h_n, c_n, act, c_raw, m, h_raw, h_prev
 
 
 @on_device_of_first_arg
@@ -323,9 +357,13 @@ def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h
     perm, inv, sorted_len, active = _plan(lengths, T, x.device)
     w_in, w_rec, w_proj = (t.contiguous() for t in (w_in, w_rec, w_proj))
     go = grad_out.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, P]
+    sdt = state_dtype(x.dtype)
+    if c_raw.dtype != sdt or gates.dtype != sdt:
+        raise TypeError(f"lstm_proj backward: the cached gates/cell are {gates.dtype}/{c_raw.dtype}, expected {sdt} "
+                        f"for {x.dtype} inputs; pass the cache that this version's forward returned")
     dh = grad_hn.index_select(0, perm).contiguous()
-    dc = grad_cn.index_select(0, perm).contiguous()
-    c0s = c0.index_select(0, perm).contiguous()
+    dc = grad_cn.index_select(0, perm).to(sdt).contiguous()
+    c0s = c0.index_select(0, perm).to(sdt).contiguous()
     dz = x.new_zeros(T, B, C4)
     dh_raw = x.new_zeros(T, B, P)
     block = _block(C)
@@ -359,4 +397,4 @@ def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h
     dbias = dz2.sum(0)
     dw_rec = dz2.t() @ h_prev.reshape(T * B, P)
     dw_proj = dh_raw.view(T * B, P).t() @ m.reshape(T * B, C)
-    return dx, dw_in, dw_rec, dbias, dw_proj, dh.index_select(0, inv), dc.index_select(0, inv)
+    return dx, dw_in, dw_rec, dbias, dw_proj, dh.index_select(0, inv), dc.index_select(0, inv).to(x.dtype)
