@@ -64,6 +64,21 @@ def choose_backend(device: torch.device, supported: tuple[str, ...], requested: 
     return "torch"
 
 
+def gpu_autocast_dtype(device: torch.device, backend: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a fused GPU op ("triton"/"cuda") must run in under autocast, or None for its inputs' own.
+
+    A custom autograd Function is not autocast: it receives the fp32 parameters as they are, where
+    eager's F.linear and conv1d would run in the autocast dtype (bf16 tensor cores in GPU
+    pretraining). So the callers cast their fp32 inputs to that dtype, as autocast itself would, and
+    run with autocast off; the casts are differentiable, so gradients still reach the fp32
+    parameters. fp64 stays fp64 (autocast leaves it alone too). The CPU backend keeps fp32: CPU
+    autocast is for eager ops, and the C++ kernels have no half-precision path."""
+    if backend not in ("triton", "cuda") or dtype != torch.float32 or not torch.is_autocast_enabled(device.type):
+        return None
+    amp = torch.get_autocast_dtype(device.type)
+    return amp if amp != dtype else None
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX), where bf16 GEMMs are
     faster than fp32 ones; elsewhere oneDNN emulates them."""

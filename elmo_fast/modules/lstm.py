@@ -122,11 +122,13 @@ class ElmoLstm(nn.Module):
         keep = (~mask.bool()).to(self._states[0].dtype).view(1, -1, 1)
         self._states = tuple(s * keep[:, : s.shape[1]] for s in self._states)
 
-    def _initial_states(self, batch_size: int):
+    def _initial_states(self, batch_size: int, dtype: torch.dtype):
         if not self.stateful or self._states is None:
             return None
         h, c = self._states
         stored = h.shape[1]
+        # states carried from a run in another precision (autocast, or the module cast since)
+        h, c = h.to(dtype), c.to(dtype)
         if batch_size > stored:  # new rows start from zero
             h = torch.cat([h, h.new_zeros(h.shape[0], batch_size - stored, h.shape[2])], 1)
             c = torch.cat([c, c.new_zeros(c.shape[0], batch_size - stored, c.shape[2])], 1)
@@ -144,7 +146,7 @@ class ElmoLstm(nn.Module):
         for old, fresh in zip(self._states, (h_n, c_n)):
             n = fresh.shape[1]
             used = (fresh[0].sum(-1) != 0.0).to(fresh.dtype).view(1, -1, 1)
-            merged = old.clone()
+            merged = old.to(fresh.dtype, copy=True)
             merged[:, :n] = fresh + old[:, :n] * (1 - used)
             new.append(merged)
         self._states = (new[0], new[1])
@@ -153,7 +155,7 @@ class ElmoLstm(nn.Module):
         """inputs `[B, T, I]`, mask `[B, T]` -> stacked layer outputs `[L, B, T, 2P]`."""
         B, T, _ = inputs.shape
         lengths = mask.sum(dim=1).to(torch.long)
-        init = self._initial_states(B)
+        init = self._initial_states(B, inputs.dtype)
         P, C = self.hidden_size, self.cell_size
         fwd_in = bwd_in = inputs
         outputs, final_h, final_c = [], [], []

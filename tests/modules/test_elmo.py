@@ -109,6 +109,23 @@ def test_stateful_carries_state_and_stateless_does_not(model_files):
     assert_close("after reset_states", first, stateful(ids)["elmo_representations"][0], atol=1e-6, rtol=1e-6)
 
 
+def test_stateful_state_follows_the_module_precision(model_files):
+    """States carried from a run in another precision (the module cast since, or a GPU autocast run)
+    are cast to the inputs' dtype: they used to reach the LSTM op as a dtype mismatch error."""
+    options_file, weight_file, _, _ = model_files
+    ids = batch_to_ids(SENTENCES[:3])
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0)
+    elmo(ids)
+    elmo.double()
+    second = elmo(ids)["elmo_representations"][0]
+    assert second.dtype == torch.float64
+    # the fp64 run started from the fp32 run's final states, merged into the carried (now fp64) ones
+    fresh = Elmo(options_file, weight_file, 1, dropout=0.0).double()
+    fresh(ids)
+    # (the carried fp32 state differs from fp64 by ~5e-5 here; a dropped state by > 1e-3)
+    assert_close("carried across the cast", fresh(ids)["elmo_representations"][0], second, atol=2e-4, rtol=2e-4)
+
+
 def test_stateful_state_matches_numpy_carry(model_files):
     """Second call's initial state is the first call's final state (forward after </S>, backward after <S>)."""
     options_file, weight_file, weights, opts = model_files

@@ -197,19 +197,34 @@ def test_triton_highway_fp16_within_twice_eager_error():
         assert err <= 2 * eager_err + TOLERANCES[torch.float16][0] * max(1.0, r.abs().max().item()), f"{name}: {err} vs eager {eager_err}"
 
 
-def test_triton_highway_follows_autocast():
-    """Under autocast the fused highway runs in the autocast dtype, as eager's F.linear does (fp16
-    here: the interpreter miscomputes bf16 dots), not 3xTF32 on fp32 inputs; gradients reach the
-    fp32 parameters."""
-    x, w, b = _highway_inputs(33, 40, torch.float32)
+def test_triton_encoder_follows_autocast(monkeypatch):
+    """Under autocast the fused conv, the fused highway and the projection run in the autocast dtype,
+    as eager's conv1d and F.linear do (fp16 here: the interpreter miscomputes bf16 dots), not in fp32
+    or 3xTF32 on the fp32 parameters; the error is within 2x eager's under the same autocast, and
+    every gradient reaches the fp32 parameters. The word-vector cache keeps autocast vectors apart."""
+    from elmo_fast.ops.char_cnn import WordVectorCache
+
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    params = _to(make_params(filters=FILTERS, n_highway=2), DEVICE)
+    seen = []
+    for fn in (CharConvMaxFunction, TritonHighwayFunction):
+        apply = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, _apply=apply: seen.append({t.dtype for t in a if torch.is_tensor(t) and t.is_floating_point()}) or _apply(*a))
+    exact = char_cnn_ref(ids, *params, "relu")
     with torch.autocast(DEVICE, dtype=torch.float16):
-        out = cnn_function._highway("triton", x, w, b)
-        eager = highway_ref(x, w, b)
-    exact = highway_ref(x, w, b)
-    assert out.dtype == torch.float16
-    assert (out.float() - exact).abs().max().item() <= 2 * (eager.float() - exact).abs().max().item() + 5e-3
+        out = char_cnn(ids, *params, "relu", backend="triton")
+        eager = char_cnn_ref(ids, *params, "relu")
+    assert out.dtype == torch.float16 and len(seen) == 3 and all(d == {torch.float16} for d in seen), seen
+    err, eager_err = (out.float() - exact).abs().max().item(), (eager.float() - exact).abs().max().item()
+    assert err <= 2 * eager_err + 5e-3, f"{err} vs eager {eager_err}"
     out.float().sum().backward()
-    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (x, w, b))
+    leaves = flat(params)
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0 for t in leaves)
+    cache = WordVectorCache()
+    with torch.no_grad():
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            assert char_cnn(ids, *params, "relu", backend="triton", cache=cache).dtype == torch.float16
+        assert char_cnn(ids, *params, "relu", backend="triton", cache=cache).dtype == torch.float32
 
 
 def test_gpu_highway_switch(monkeypatch):

@@ -131,3 +131,35 @@ def test_half_precision_state(dtype, reverse, fwd_path):
 
     check_half_state("triton", dtype, _device(), reverse)
     assert state_dtype(dtype) == torch.float32
+
+
+@here
+def test_follows_autocast(monkeypatch, fwd_path):
+    """Under autocast a GPU backend runs in the autocast dtype, as eager's F.linear does (fp16 here:
+    the interpreter miscomputes bf16 dots), not in fp32 on the fp32 parameters: the kernels see
+    fp16, the outputs are fp16 within 2x the error of eager under the same autocast, and every
+    gradient reaches the fp32 leaves. fp64 inputs stay fp64 (autocast leaves them alone too)."""
+    from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref, triton_impl
+    from tests.ops.test_lstm_proj import make_inputs
+
+    dev = _device()
+    x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))
+    leaves = [t.to(dev).requires_grad_() for t in (x, *ws, h0, c0)]
+    seen = []
+    fwd = triton_impl.lstm_proj_fwd
+    monkeypatch.setattr(triton_impl, "lstm_proj_fwd", lambda *a: seen.append(a[0].dtype) or fwd(*a))
+    exact = lstm_proj_ref(leaves[0], lengths, *leaves[1:5], 0.7, 0.4, False, *leaves[5:])
+    with torch.autocast(dev, dtype=torch.float16):
+        out = lstm_proj(leaves[0], lengths, *leaves[1:5], 0.7, 0.4, False, *leaves[5:], backend="triton")
+        eager = lstm_proj_ref(leaves[0], lengths, *leaves[1:5], 0.7, 0.4, False, *leaves[5:])
+    assert seen == [torch.float16]
+    for name, r, o, e in zip(("out", "h_n", "c_n"), exact, out, eager):
+        assert o.dtype == torch.float16, name
+        err, err_eager = (o.float() - r).abs().max().item(), (e.float() - r).abs().max().item()
+        assert err <= 2 * err_eager + 1e-3, f"{name}: {err:.3g} vs eager {err_eager:.3g}"
+    sum(o.float().sum() for o in out).backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
+    with torch.autocast(dev, dtype=torch.float16):
+        out64 = lstm_proj(*(t.detach().double() for t in leaves[:1]), lengths, *(t.detach().double() for t in leaves[1:5]),
+                          0.7, 0.4, False, backend="triton")
+    assert out64[0].dtype == torch.float64 and seen[-1] == torch.float64

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import _ext
-from ..._backend import backend_available, choose_backend
+from ..._backend import backend_available, choose_backend, gpu_autocast_dtype
 from ..weight_copies import bf16_copy, gemm_packed_t
 from .reference import char_cnn_ref, highway_gate_ref
 
@@ -294,15 +294,13 @@ def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pa
     if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
     if w.dtype == h.dtype and _triton_highway(backend, h):
-        device = h.device.type
-        if torch.is_autocast_enabled(device):
-            # A custom Function is not autocast: run the kernel in the autocast dtype, as eager's
-            # F.linear would (bf16 tensor cores in GPU pretraining, not 3xTF32 on fp32 inputs).
-            dt = torch.get_autocast_dtype(device)
-            with torch.autocast(device, enabled=False):
-                return TritonHighwayFunction.apply(h.to(dt), w.to(dt), b.to(dt))
         return TritonHighwayFunction.apply(h, w, b)
     return highway_gate_ref(_linear(h, w, b), h)
+
+
+def _autocast_state(device: torch.device) -> torch.dtype | None:
+    """Part of the cache's key: eager GEMMs under autocast give vectors of another precision."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def char_cnn(
@@ -349,6 +347,20 @@ def char_cnn(
             "call module.float() for CPU inference, or pass backend='torch'"
         )
     params = [char_embedding, *weights, *biases, *hw_w, *hw_b, proj_weight, proj_bias]
+    amp = gpu_autocast_dtype(char_ids.device, chosen, char_embedding.dtype)
+    if amp is not None:  # GPU backends under autocast: the whole encoder in the autocast dtype
+        n, k = len(weights), len(hw_w)
+
+        def run_cast(ids, use_dedup):
+            with torch.autocast(char_ids.device.type, enabled=False):
+                c = [p.to(amp) for p in params]
+                return char_cnn(ids, c[0], c[1 : 1 + n], c[1 + n : 1 + 2 * n], c[1 + 2 * n : 1 + 2 * n + k],
+                                c[1 + 2 * n + k : -2], c[-2], c[-1], activation, chosen, dedup=use_dedup)
+
+        if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            # keyed on the fp32 weights, with the autocast dtype as the variant
+            return cache.lookup(char_ids, params, lambda ids: run_cast(ids, False), variant=("autocast", amp))
+        return run_cast(char_ids, dedup)
     if gemm_dtype is not None:
         if gemm_dtype != torch.bfloat16:
             raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
@@ -361,7 +373,7 @@ def char_cnn(
     inference = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
     if cache is not None and inference:
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False,
-                                                                  inference=True), variant=gemm_dtype)
+                                                                  inference=True), variant=(gemm_dtype, _autocast_state(char_ids.device)))
     if dedup is None:
         dedup = chosen != "torch"
     if chosen == "torch" and not dedup and gemm_dtype is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ... import _ext
-from ..._backend import choose_backend
+from ..._backend import choose_backend, gpu_autocast_dtype
 from ..weight_copies import bf16_copy, gemm_packed_t
 from .reference import lstm_proj_ref
 
@@ -169,6 +169,11 @@ def lstm_proj(
                          f"backend {chosen!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
     if chosen == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
+    amp = gpu_autocast_dtype(x.device, chosen, x.dtype)
+    if amp is not None:  # GPU backends under autocast: half-precision GEMMs, fp32 cell state
+        cast = [None if t is None else t.to(amp) for t in (x, w_in, w_rec, bias, w_proj, h0, c0)]
+        with torch.autocast(x.device.type, enabled=False):
+            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=chosen)
     h0, c0 = _initial_state(x, w_proj, h0, c0)
     cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     lengths = lengths.to(torch.long)
