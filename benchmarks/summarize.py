@@ -4,7 +4,8 @@
 
 Rows are grouped by every parameter except `provider`; each provider's minimum time (the least
 disturbed round on a shared host) is shown with its speed-up over the 'eager' row of its group,
-and, where the group has a 'gemm_bound' row (the LSTM's GEMM-only lower bound), its ratio to it.
+and, where the group has a 'gemm_bound' row (the LSTM's GEMM-only lower bound), its ratio to it;
+then the error against fp32 and the GPU peak memory where rows record them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def summarize(path: str) -> str:
     # The LSTM benchmark's GEMM-only lower bound: each provider's time over it.
     bounded = [p for p in providers if p not in ("eager", "gemm_bound")] if "gemm_bound" in providers else []
     head += [f"{p} / gemm_bound" for p in bounded]
+    # Extra measurements some rows record: error against fp32 (bf16 providers) and GPU peak memory.
+    def having(field):
+        return [p for p in providers if any(field in g[p]["extra_info"] for g in groups.values() if p in g)]
+
+    extras = [(p, "rel_rms_err_vs_fp32", "rel RMS err vs fp32", "{:.2e}") for p in having("rel_rms_err_vs_fp32")]
+    extras += [(p, "peak_mem_mb", "peak MiB", "{:,.0f}") for p in having("peak_mem_mb")]
+    head += [f"{p} {label}" for p, _, label, _ in extras]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in sorted(groups.items()):
         t = {p: row[p]["stats"]["min"] for p in row}
@@ -43,6 +51,9 @@ def summarize(path: str) -> str:
             tok = info.get("tokens")
             cells.append(f"{tok / t[p]:,.0f}" if tok and p in t else "-")
         cells += [f"{t[p] / t['gemm_bound']:.2f}" if p in t and "gemm_bound" in t else "-" for p in bounded]
+        for p, field, _, fmt in extras:
+            value = row[p]["extra_info"].get(field) if p in row else None
+            cells.append(fmt.format(value) if value is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

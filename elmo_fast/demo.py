@@ -52,7 +52,8 @@ def bbc_data_dir(install: bool = True) -> str:
 
 
 def _read_article(path: str) -> tuple[str, str]:
-    raw = open(path, "rb").read()
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:  # one file (sport/199.txt) is Latin-1
