@@ -75,4 +75,4 @@ class WordVectorCache:
                 self._store[keys[i]] = found[i]
             while len(self._store) > self.max_entries:
                 self._store.popitem(last=False)
-        return torch.stack(found)[inverse]
+        return torch.stack(found).index_select(0, inverse)

@@ -397,7 +397,10 @@ def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, pr
     for w, b in zip(hw_w, hw_b):
         h = _highway(backend, h, w, b, packed)
     out = _linear(h, proj_weight, proj_bias, packed)
-    return out if inverse is None else out[inverse]
+    # index_select, not out[inverse]: on the CPU the backward of advanced indexing accumulates with
+    # atomics across threads (run-to-run different sums with 2 threads) and took 4x as long as
+    # index_select's index_add_ (1.3 vs 0.3 ms for a 64 x 20 x 128 gather, 2 threads).
+    return out if inverse is None else out.index_select(0, inverse)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: bool = False) -> torch.Tensor:
