@@ -227,6 +227,28 @@ def test_triton_encoder_follows_autocast(monkeypatch):
         assert char_cnn(ids, *params, "relu", backend="triton", cache=cache).dtype == torch.float32
 
 
+def test_deterministic_mode_takes_the_eager_backward(monkeypatch):
+    """Under torch.use_deterministic_algorithms the conv backward leaves the atomics-based Triton
+    kernel for the eager backward through the same saved argmax: same gradients, and the Triton
+    backward is never called."""
+    ids = mixed_ids(n_random=5).to(DEVICE)
+    params = _to(make_params(filters=FILTERS), DEVICE)
+    ref = torch.autograd.grad(char_cnn(ids, *params, "relu", backend="triton").square().sum(), flat(params))
+
+    def never(*args):
+        raise AssertionError("the atomics-based Triton backward ran in deterministic mode")
+
+    monkeypatch.setitem(cnn_function._BWD, "triton", never)
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = torch.autograd.grad(char_cnn(ids, *params, "relu", backend="triton").square().sum(), flat(params))
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for i, (r, d) in enumerate(zip(ref, det)):
+        assert_close(f"grad {i}", r, d)
+
+
 def test_gpu_highway_switch(monkeypatch):
     """ELMO_FAST_GPU_HIGHWAY=torch keeps the eager GEMM + pointwise highway (the fused kernel is
     then never called); an unknown value is an error that names the choices."""

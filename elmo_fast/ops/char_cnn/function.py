@@ -167,7 +167,14 @@ class CharConvMaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_argmax):
         char_ids, emb, feats, argmax, *weights = ctx.saved_tensors
-        grad_emb, gw, gb = _BWD[ctx.backend](grad, char_ids, emb, weights, feats, argmax, ctx.activation)
+        backend = ctx.backend
+        if backend in ("cuda", "triton") and torch.are_deterministic_algorithms_enabled():
+            # The GPU kernels scatter the embedding and bias gradients with atomics, whose
+            # summation order varies run to run. Under torch.use_deterministic_algorithms (e.g.
+            # pretrain(deterministic=True)) take the eager backward through the same argmax
+            # instead: same math, deterministic index_add_, slower and with more memory.
+            backend = "torch"
+        grad_emb, gw, gb = _BWD[backend](grad, char_ids, emb, weights, feats, argmax, ctx.activation)
         return (None, None, None, grad_emb, None, *gw, *gb)
 
 
