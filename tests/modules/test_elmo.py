@@ -126,6 +126,26 @@ def test_stateful_state_follows_the_module_precision(model_files):
     assert_close("carried across the cast", fresh(ids)["elmo_representations"][0], second, atol=2e-4, rtol=2e-4)
 
 
+def test_elmo_under_cpu_autocast(model_files):
+    """Under torch.autocast (bf16 on the CPU) the eager module runs in mixed precision as eager
+    PyTorch does, and the C++ backend computes fp32 (its kernels have no bf16 path), giving its
+    fp32 numbers; both train (every gradient reaches the fp32 parameters) and carry their state
+    into a call outside autocast. Both used to fail: the LSTM op rejected the char encoder's bf16
+    output next to fp32 weights, and the C++ highway its bf16 GEMM result."""
+    options_file, weight_file, _, _ = model_files
+    ids = batch_to_ids(SENTENCES[:4])
+    for backend in ("torch", "cpp"):
+        elmo = Elmo(options_file, weight_file, 1, dropout=0.0, requires_grad=True, backend=backend)
+        fp32 = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False, backend=backend)(ids)["elmo_representations"][0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = elmo(ids)["elmo_representations"][0]
+        out.float().square().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in elmo.parameters() if p.requires_grad)
+        rel_rms = ((out.float() - fp32).pow(2).mean() / fp32.pow(2).mean()).sqrt().item()
+        assert rel_rms < (0.15 if backend == "torch" else 1e-5), (backend, rel_rms)  # eager: bf16 GEMMs
+        assert elmo(ids)["elmo_representations"][0].dtype == torch.float32  # carried state, another precision
+
+
 def test_stateful_state_matches_numpy_carry(model_files):
     """Second call's initial state is the first call's final state (forward after </S>, backward after <S>)."""
     options_file, weight_file, weights, opts = model_files

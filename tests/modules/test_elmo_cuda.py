@@ -56,3 +56,31 @@ def test_elmo_bf16_on_gpu_is_close(model_files):
         b = low(ids.cuda())["elmo_representations"][0].float().cpu()
     rel_rms = ((a - b).pow(2).mean() / a.pow(2).mean()).sqrt().item()
     assert rel_rms < 5e-2, rel_rms
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cuda", "triton") if torch.cuda.is_available() and b in available_backends("cuda")] or ["none"])
+def test_elmo_under_bf16_autocast_on_gpu(model_files, backend, monkeypatch):
+    """A fine-tuning step under bf16 autocast (as GPU pretraining runs): the fused ops run in bf16
+    (seen by the LSTM op), the output is within bf16 error of the fp32 reference, and every
+    gradient that the fp32 run has reaches the fp32 parameters, finite."""
+    if backend == "none":
+        pytest.skip("no GPU backend built")
+    from elmo_fast.ops.lstm_proj import function as lstm_function
+
+    seen = []
+    impl = lstm_function._fwd_impl
+    monkeypatch.setattr(lstm_function, "_fwd_impl", lambda b: (lambda *a: seen.append(a[0].dtype) or impl(b)(*a)))
+    ids = batch_to_ids(SENTENCES)
+    ref = Elmo(*model_files, 1, dropout=0.0, stateful=False, requires_grad=True, backend="torch")
+    gpu = Elmo(*model_files, 1, dropout=0.0, stateful=False, requires_grad=True, backend=backend).cuda()
+    a = ref(ids)["elmo_representations"][0]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        b = gpu(ids.cuda())["elmo_representations"][0]
+    assert seen and set(seen) == {torch.bfloat16}, seen
+    rel_rms = ((a.detach() - b.detach().float().cpu()).pow(2).mean() / a.detach().pow(2).mean()).sqrt().item()
+    assert rel_rms < 5e-2, rel_rms
+    a.square().sum().backward()
+    b.float().square().sum().backward()
+    for (name, p), q in zip(ref.named_parameters(), gpu.parameters()):
+        if p.grad is not None:
+            assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name

@@ -163,3 +163,41 @@ def test_follows_autocast(monkeypatch, fwd_path):
         out64 = lstm_proj(*(t.detach().double() for t in leaves[:1]), lengths, *(t.detach().double() for t in leaves[1:5]),
                           0.7, 0.4, False, backend="triton")
     assert out64[0].dtype == torch.float64 and seen[-1] == torch.float64
+
+
+@here
+def test_elmo_under_autocast_runs_the_kernels_in_the_autocast_dtype(monkeypatch):
+    """The whole Elmo on the Triton backend under autocast (fp16 here, as GPU pretraining runs bf16):
+    the char encoder hands the LSTM an fp16 x next to fp32 weights; the LSTM kernels then run in
+    fp16 (this used to be a dtype-mismatch error), the output is close to the fp32 reference, and
+    every gradient reaches the fp32 parameters."""
+    import json
+
+    from elmo_fast import Elmo, batch_to_ids
+    from elmo_fast.ops.lstm_proj import function as lstm_function
+    from elmo_fast.testing import random_tf_weights, small_options, write_hdf5
+
+    dev = _device()
+    opts = small_options()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        write_hdf5(os.path.join(d, "weights.hdf5"), random_tf_weights(opts, scale=3.0, seed=2))
+        with open(os.path.join(d, "options.json"), "w") as f:
+            json.dump(opts, f)
+        files = (os.path.join(d, "options.json"), os.path.join(d, "weights.hdf5"))
+        ref = Elmo(*files, 1, dropout=0.0, stateful=False, requires_grad=True, backend="torch").to(dev)
+        fast = Elmo(*files, 1, dropout=0.0, stateful=False, requires_grad=True, backend="triton").to(dev)
+    seen = []
+    impl = lstm_function._fwd_impl
+    monkeypatch.setattr(lstm_function, "_fwd_impl", lambda b: (lambda *a: seen.append(a[0].dtype) or impl(b)(*a)))
+    ids = batch_to_ids([["The", "cat", "sat", "on", "the", "mat", "."], ["a"], ["naïve", "café", "the"], []]).to(dev)
+    a = ref(ids)["elmo_representations"][0]
+    with torch.autocast(dev, dtype=torch.float16):
+        b = fast(ids)["elmo_representations"][0]
+    assert seen and set(seen) == {torch.float16}, seen
+    rel_rms = ((a.detach() - b.detach().float()).pow(2).mean() / a.detach().pow(2).mean()).sqrt().item()
+    assert rel_rms < 2e-2, rel_rms
+    b.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in fast.parameters() if p.requires_grad)

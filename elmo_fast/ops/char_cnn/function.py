@@ -354,12 +354,19 @@ def char_cnn(
             "call module.float() for CPU inference, or pass backend='torch'"
         )
     params = [char_embedding, *weights, *biases, *hw_w, *hw_b, proj_weight, proj_bias]
-    amp = gpu_autocast_dtype(char_ids.device, chosen, char_embedding.dtype)
+    device = char_ids.device
+    if chosen == "cpp" and torch.is_autocast_enabled(device.type):
+        # The CPU kernels compute in the weights' dtype; autocast would turn the GEMMs between them
+        # into bf16 ones whose results the fused gates then reject. Same vectors as without autocast.
+        with torch.autocast(device.type, enabled=False):
+            return char_cnn(char_ids, char_embedding, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, chosen,
+                            dedup=dedup, cache=cache, gemm_dtype=gemm_dtype)
+    amp = gpu_autocast_dtype(device, chosen, char_embedding.dtype)
     if amp is not None:  # GPU backends under autocast: the whole encoder in the autocast dtype
         n, k = len(weights), len(hw_w)
 
         def run_cast(ids, use_dedup):
-            with torch.autocast(char_ids.device.type, enabled=False):
+            with torch.autocast(device.type, enabled=False):
                 c = [p.to(amp) for p in params]
                 return char_cnn(ids, c[0], c[1 : 1 + n], c[1 + n : 1 + 2 * n], c[1 + 2 * n : 1 + 2 * n + k],
                                 c[1 + 2 * n + k : -2], c[-2], c[-1], activation, chosen, dedup=use_dedup)
@@ -380,7 +387,7 @@ def char_cnn(
     inference = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
     if cache is not None and inference:
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False,
-                                                                  inference=True), variant=(gemm_dtype, _autocast_state(char_ids.device)))
+                                                                  inference=True), variant=(gemm_dtype, _autocast_state(device)))
     if dedup is None:
         dedup = chosen != "torch"
     if chosen == "torch" and not dedup and gemm_dtype is None:

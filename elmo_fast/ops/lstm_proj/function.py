@@ -18,7 +18,7 @@ from .reference import lstm_proj_ref
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
-def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
+def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype: bool = True):
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, I], got shape {tuple(x.shape)}")
     B, T, I = x.shape
@@ -45,7 +45,7 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
     for name, t in (("w_in", w_in), ("w_rec", w_rec), ("bias", bias), ("w_proj", w_proj), ("h0", h0), ("c0", c0)):
         if t is None:
             continue
-        if t.dtype != x.dtype:
+        if same_dtype and t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; cast with .to({x.dtype})")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
@@ -162,18 +162,24 @@ def lstm_proj(
         >>> out.shape, h.shape, c.shape
         (torch.Size([3, 5, 4]), torch.Size([3, 4]), torch.Size([3, 16]))
     """
-    _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0)
     chosen = choose_backend(x.device, SUPPORTED, backend)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    # Under autocast the layers before hand over mixed precisions (an autocast-dtype x from the
+    # char encoder's projection, fp32 weights). Eager takes them as they come; the kernels need one
+    # dtype: the autocast dtype on the GPU backends (as eager's F.linear would run), the weights'
+    # dtype on the CPU one (no half-precision kernels there).
+    _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype=not autocast)
+    if autocast and chosen != "torch":
+        target = gpu_autocast_dtype(x.device, chosen, w_in.dtype) or w_in.dtype
+        cast = [None if t is None else t.to(target) for t in (x, w_in, w_rec, bias, w_proj, h0, c0)]
+        with torch.autocast(x.device.type, enabled=False):
+            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=chosen,
+                             gemm_dtype=gemm_dtype)
     if gemm_dtype is not None and (chosen != "cpp" or x.dtype != torch.float32):
         raise ValueError(f"gemm_dtype={gemm_dtype} needs float32 CPU tensors and the cpp backend (got {x.dtype} on "
                          f"backend {chosen!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
     if chosen == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
-    amp = gpu_autocast_dtype(x.device, chosen, x.dtype)
-    if amp is not None:  # GPU backends under autocast: half-precision GEMMs, fp32 cell state
-        cast = [None if t is None else t.to(amp) for t in (x, w_in, w_rec, bias, w_proj, h0, c0)]
-        with torch.autocast(x.device.type, enabled=False):
-            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=chosen)
     h0, c0 = _initial_state(x, w_proj, h0, c0)
     cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     lengths = lengths.to(torch.long)
