@@ -369,7 +369,7 @@ def char_cnn(
             with torch.autocast(device.type, enabled=False):
                 c = [p.to(amp) for p in params]
                 return char_cnn(ids, c[0], c[1 : 1 + n], c[1 + n : 1 + 2 * n], c[1 + 2 * n : 1 + 2 * n + k],
-                                c[1 + 2 * n + k : -2], c[-2], c[-1], activation, chosen, dedup=use_dedup)
+                                c[1 + 2 * n + k : -2], c[-2], c[-1], activation, chosen, dedup=use_dedup, gemm_dtype=gemm_dtype)
 
         if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             # keyed on the fp32 weights, with the autocast dtype as the variant
