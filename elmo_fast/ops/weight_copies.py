@@ -37,6 +37,9 @@ def _bump_versions_after_fused_step(optimizer: torch.optim.Optimizer, args, kwar
 _FUSED_STEP_HOOK = register_optimizer_step_post_hook(_bump_versions_after_fused_step)
 
 
+# Not traced by torch.compile: a lookup keyed on object identity and `_version` is host-side
+# bookkeeping; traced, every call site recompiled until dynamo's recompile limit.
+@torch.compiler.disable
 def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """`make(w.detach())`, cached per weight and `kind` until `w` changes."""
     copies = _COPIES.setdefault(kind, WeakIdKeyDictionary())

@@ -146,6 +146,36 @@ def test_elmo_under_cpu_autocast(model_files):
         assert elmo(ids)["elmo_representations"][0].dtype == torch.float32  # carried state, another precision
 
 
+def test_torch_compile_matches_eager_without_warnings(model_files):
+    """torch.compile(Elmo) gives the module's numbers on two batch shapes, and dynamo has nothing to
+    warn about: the data-dependent input checks and the weight-copy cache are left untraced (traced,
+    the cache recompiled at every call site until dynamo's recompile limit)."""
+    import logging
+
+    class Collect(logging.Handler):  # torch's loggers do not propagate to pytest's caplog
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage()[:300])
+
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False).eval()
+    compiled = torch.compile(elmo)
+    handler, dynamo_log = Collect(), logging.getLogger("torch._dynamo")
+    dynamo_log.addHandler(handler)
+    try:
+        with torch.no_grad():
+            for batch in (SENTENCES[:3], SENTENCES[1:4] + [["more", "words", "here", "now", "."]], SENTENCES[:2]):
+                ids = batch_to_ids(batch)
+                assert_close("compiled", elmo(ids)["elmo_representations"][0], compiled(ids)["elmo_representations"][0],
+                             atol=1e-5, rtol=1e-5)
+    finally:
+        dynamo_log.removeHandler(handler)
+    assert handler.messages == []
+
+
 def test_stateful_state_matches_numpy_carry(model_files):
     """Second call's initial state is the first call's final state (forward after </S>, backward after <S>)."""
     options_file, weight_file, weights, opts = model_files

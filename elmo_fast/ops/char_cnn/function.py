@@ -33,6 +33,7 @@ from .reference import char_cnn_ref, highway_gate_ref
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
+@torch.compiler.disable  # data-dependent checks (ids/lengths in range): host-side, not traced
 def _check_conv(char_ids, char_embedding, conv_weights, conv_biases, activation) -> int:
     """Validates the fused conv + max part; returns the total filter count F."""
     if char_ids.dim() != 2:
@@ -59,6 +60,7 @@ def _check_conv(char_ids, char_embedding, conv_weights, conv_biases, activation)
     return F_total
 
 
+@torch.compiler.disable  # data-dependent checks (ids/lengths in range): host-side, not traced
 def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights, highway_biases, proj_weight, proj_bias, activation):
     F_total = _check_conv(char_ids, char_embedding, conv_weights, conv_biases, activation)
     for k, (w, b) in enumerate(zip(highway_weights, highway_biases)):

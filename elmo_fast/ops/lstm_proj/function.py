@@ -18,6 +18,7 @@ from .reference import lstm_proj_ref
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
+@torch.compiler.disable  # data-dependent checks (ids/lengths in range): host-side, not traced
 def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype: bool = True):
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, I], got shape {tuple(x.shape)}")
