@@ -47,6 +47,7 @@ def choose_backend(device: torch.device, supported: tuple[str, ...], requested: 
     `requested` (an argument) wins over the environment; with neither, the fastest available.
     """
     device = torch.device(device)
+    source = "backend=" if requested else ENV
     requested = requested or os.environ.get(ENV) or None
     if requested is not None:
         if requested not in BACKENDS:
@@ -54,8 +55,16 @@ def choose_backend(device: torch.device, supported: tuple[str, ...], requested: 
         if requested not in supported:
             raise ValueError(f"backend {requested!r} is not implemented for this op; it has {supported}")
         if not backend_available(requested, device):
+            needs = {"cpp": "cpu", "cuda": "cuda", "triton": "cuda" if _ext.has_triton() else None}.get(requested)
+            if needs is not None and needs != device.type:
+                # The usual cause: a module or its inputs still on the other device.
+                also = " (or CPU ones under TRITON_INTERPRET=1, for tests)" if requested == "triton" else ""
+                raise RuntimeError(
+                    f"backend {requested!r} (from {source}) cannot run on {device.type} tensors: it needs {needs} ones{also}; "
+                    f"move the module and its inputs with .to({needs!r}), or let elmo_fast choose (no {source})")
             hint = _ext.INSTALL_HINT if requested in ("cpp", "cuda") else "pip install triton (GPU, or TRITON_INTERPRET=1 on CPU)"
-            raise RuntimeError(f"backend {requested!r} cannot run on {device.type} here; install it ({hint}) or unset {ENV}")
+            raise RuntimeError(f"backend {requested!r} (from {source}) cannot run on {device.type} here; install it ({hint}) "
+                               f"or let elmo_fast choose (no {source})")
         return requested
     order = ("cuda", "triton", "cpp", "torch") if device.type == "cuda" else ("cpp", "triton", "torch")
     for b in order:

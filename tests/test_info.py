@@ -22,8 +22,15 @@ def test_cpp_extension_is_built_and_preferred_on_cpu():
 
 def test_backend_override_errors_are_clear(monkeypatch):
     monkeypatch.setenv("ELMO_FAST_BACKEND", "cuda")
-    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+    with pytest.raises(RuntimeError, match=r"'cuda' \(from ELMO_FAST_BACKEND\) cannot run on cpu tensors: it needs cuda ones; "
+                                           r"move the module and its inputs with .to\('cuda'\)"):
         choose_backend("cpu", ("torch", "cuda"))
+    monkeypatch.delenv("ELMO_FAST_BACKEND")
+    with pytest.raises(RuntimeError, match=r"'cuda' \(from backend=\) cannot run on cpu tensors"):
+        choose_backend("cpu", ("torch", "cuda"), requested="cuda")
+    if _ext.cpp_ext() is not None:
+        with pytest.raises(RuntimeError, match=r"'cpp' \(from backend=\) cannot run on cuda tensors: it needs cpu ones"):
+            choose_backend("cuda", ("torch", "cpp"), requested="cpp")
     monkeypatch.setenv("ELMO_FAST_BACKEND", "fortran")
     with pytest.raises(ValueError, match="unknown backend"):
         choose_backend("cpu", ("torch",))
