@@ -263,8 +263,10 @@ def _highway_fwd_kernel(
         wm = k_mask[:, None] & n_mask[None, :]
         wn = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * D + k[:, None], mask=wm, other=0.0)  # [BLOCK_K, BLOCK_N]
         wg = tl.load(w_ptr + (offs_n[None, :] + D).to(tl.int64) * D + k[:, None], mask=wm, other=0.0)
-        acc_n = tl.dot(a, wn, acc_n, input_precision=PRECISION)
-        acc_g = tl.dot(a, wg, acc_g, input_precision=PRECISION)
+        # out_dtype named: Triton 3.6 (the GPU machines' image) asserts acc's dtype equals it and
+        # defaults it to fp32 even for fp64 operands; 3.8 infers it.
+        acc_n = tl.dot(a, wn, acc_n, input_precision=PRECISION, out_dtype=acc_n.dtype)
+        acc_g = tl.dot(a, wg, acc_g, input_precision=PRECISION, out_dtype=acc_g.dtype)
     n = acc_n + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(acc_n.dtype)[None, :]
     g = acc_g + tl.load(b_ptr + D + offs_n, mask=n_mask, other=0.0).to(acc_g.dtype)[None, :]
     om = m_mask[:, None] & n_mask[None, :]
