@@ -9,6 +9,13 @@
 # then: run(command="bash benchmarks/gpu_session.sh", carry=[".gpu_data"], timeout_s=590)
 # Afterwards copy the JSON files into benchmarks/results/ and write the summary next to them.
 #
+# The device image's versions differ from this machine's (2026-11: torch 2.11.0+cu130, Triton 3.6.0,
+# Python 3.12; here torch 2.13, Triton 3.8). Checked without a GPU on 2026-12-02, worth redoing when
+# they change: every csrc/ source compiles against torch 2.11's headers (`pip download --no-deps
+# torch==2.11.0`, unzip torch/include, g++/nvcc -c as tests/ops/nvcc_check.py does), and
+# `PYTHONPATH=<pip install --target of triton==3.6.0> python -m elmo_fast.triton_check --arch 80 90`
+# compiles every kernel (3.6's interpreter cannot run them: scalar arguments break `range`).
+#
 # Each stage has its own time limit, so a slow or hanging stage still leaves the others' files.
 # The machine's image has its own torch/triton (no installs): the package is used from the
 # checkout (PYTHONPATH), nothing is pip-installed.
