@@ -51,6 +51,17 @@ PRESET_TRAIN: dict[str, dict[str, Any]] = {
 }
 
 
+def _amp_enabled(settings: dict, device: torch.device) -> bool:
+    """bf16 autocast: on a GPU when the `amp` setting asks (the default); never on the CPU."""
+    return bool(settings["amp"]) and device.type == "cuda"
+
+
+def _autocast(enabled: bool):
+    """The mixed-precision context of training and evaluation steps (a function, so tests can run
+    the whole loop under CPU autocast: its GPU-only path is otherwise never exercised here)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
 def _config(config, kwargs: dict) -> tuple[dict, dict]:
     """-> (model options, training settings)."""
     if isinstance(config, str) and config in PRESETS:
@@ -117,7 +128,7 @@ def evaluate(model: BidirectionalLM, paths, vocab: Vocabulary, batch_size: int =
             if batch is None:
                 break
             batch = batch.to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with _autocast(amp):
                 (lf, lb, nf, nb), state = model(batch, state)
             sums[0] += float(lf)
             sums[1] += float(lb)
@@ -179,7 +190,7 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
     if device_name.startswith("cuda") and info.enabled:
         device_name = f"cuda:{info.local_rank}"
     device = torch.device(device_name)
-    amp = bool(settings["amp"]) and device.type == "cuda"
+    amp = _amp_enabled(settings, device)
     if settings["deterministic"]:
         torch.use_deterministic_algorithms(True)
     ckpt_path = os.path.join(out_dir, ckpt_io.NAME)
@@ -282,7 +293,7 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
             batch = batcher.next_batch().to(device)
             n_f, n_b = dist_utils.all_sum([float((batch.fwd_targets >= 0).sum()), float((batch.bwd_targets >= 0).sum())],
                                           info, device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with _autocast(amp):
                 (lf, lb, _, _), new_state = ddp(batch, state, step)
             # DDP averages gradients over ranks; scaling by world makes that the gradient of the
             # global mean loss, so N processes train exactly like one with N times the batch.

@@ -163,6 +163,29 @@ def test_cli(tmp_path, tiny_text, capsys):
         _cli(["pretrain", "--train", tiny_text, "--out", str(out)])
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_mixed_precision_loop_runs_on_the_cpu(tmp_path, tiny_text, monkeypatch, backend):
+    """The loop's mixed-precision path (GPU only: bf16 autocast) run on the CPU under fp16 autocast:
+    training, evaluation and export go through, and the perplexity stays near the fp32 run's.
+    It used to fail at the first step: the char encoder's autocast output met the LSTM's fp32
+    weights in lstm_proj's dtype check (tests/ops/test_lstm_proj_triton.py runs the Triton backend
+    the same way)."""
+    import elmo_fast.train.loop as loop
+
+    if backend == "cpp" and not elmo_fast._ext.cpp_ext():
+        pytest.skip("C++ extension not built")
+    kw = dict(FAST, batch_size=3, seed=1, dropout=0.0, optimizer="adam", lr=1e-2, max_steps=5, backend=backend)
+    fp32 = pretrain(tiny_text, tiny_text, small_options(), tmp_path / "fp32", device="cpu", **kw)
+    used = []
+    monkeypatch.setattr(loop, "_amp_enabled", lambda settings, device: True)
+    monkeypatch.setattr(loop, "_autocast", lambda enabled: used.append(enabled) or torch.autocast("cpu", dtype=torch.float16))
+    amp = pretrain(tiny_text, tiny_text, small_options(), tmp_path / "amp", device="cpu", **kw)
+    assert used and all(used)
+    assert math.isfinite(amp["valid_perplexity"])
+    assert abs(math.log(amp["valid_perplexity"]) - math.log(fp32["valid_perplexity"])) < 0.05
+    assert os.path.exists(amp["weight_file"])
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_autocast_on_gpu_matches_cpu_run(tmp_path, tiny_text):
