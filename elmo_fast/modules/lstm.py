@@ -46,8 +46,7 @@ class LstmCellWithProjection(nn.Module):
         Returns (outputs `[B, T, P]`, (h_n `[B, P]`, c_n `[B, C]`))."""
         h0, c0 = initial_state if initial_state is not None else (None, None)
         out, h, c = lstm_proj(
-            inputs, lengths, self.input_linearity.weight, self.state_linearity.weight, self.state_linearity.bias,
-            self.state_projection.weight, self.memory_cell_clip_value, self.state_projection_clip_value,
+            inputs, lengths, *self.weights(), self.memory_cell_clip_value, self.state_projection_clip_value,
             reverse=not self.go_forward, h0=h0, c0=c0, backend=self.backend, gemm_dtype=self.gemm_dtype,
         )
         return out, (h, c)

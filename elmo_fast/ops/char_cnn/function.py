@@ -365,13 +365,15 @@ def char_cnn(
                             dedup=dedup, cache=cache, gemm_dtype=gemm_dtype)
     amp = gpu_autocast_dtype(device, chosen, char_embedding.dtype)
     if amp is not None:  # GPU backends under autocast: the whole encoder in the autocast dtype
-        n, k = len(weights), len(hw_w)
 
         def run_cast(ids, use_dedup):
+            def cast(ts):
+                return [t.to(amp) for t in ts]
+
             with torch.autocast(device.type, enabled=False):
-                c = [p.to(amp) for p in params]
-                return char_cnn(ids, c[0], c[1 : 1 + n], c[1 + n : 1 + 2 * n], c[1 + 2 * n : 1 + 2 * n + k],
-                                c[1 + 2 * n + k : -2], c[-2], c[-1], activation, chosen, dedup=use_dedup, gemm_dtype=gemm_dtype)
+                return char_cnn(ids, char_embedding.to(amp), cast(weights), cast(biases), cast(hw_w), cast(hw_b),
+                                proj_weight.to(amp), proj_bias.to(amp), activation, chosen, dedup=use_dedup,
+                                gemm_dtype=gemm_dtype)
 
         if cache is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             # keyed on the fp32 weights, with the autocast dtype as the variant
