@@ -50,7 +50,7 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
     if "bf16" in provider and not cpu_has_native_bf16():
         pytest.skip("this CPU has no avx512_bf16/AMX: bf16 GEMMs would be emulated (slower than fp32)")
     opts = options(preset)
-    enc = ElmoCharacterEncoder(opts).to(device)
+    enc = ElmoCharacterEncoder(opts, requires_grad=True).to(device)
     batch = real_text_batch(*shape) if data == "real" else unique_words_batch(*shape)
     x = char_ids(batch).to(device)
     ids, _ = add_sentence_boundary_token_ids(x, (x > 0).any(-1), enc._beginning_of_sentence_characters, enc._end_of_sentence_characters)

@@ -35,7 +35,8 @@ def _model(preset: str) -> ElmoLstm:
     lstm = options(preset)["lstm"]
     P, C = lstm["projection_dim"], lstm["dim"]
     torch.manual_seed(0)
-    model = ElmoLstm(P, P, C, lstm["n_layers"], lstm["cell_clip"], lstm["proj_clip"], stateful=False)
+    model = ElmoLstm(P, P, C, lstm["n_layers"], True, memory_cell_clip_value=lstm["cell_clip"],
+                     state_projection_clip_value=lstm["proj_clip"], stateful=False)
     with torch.no_grad():
         for p in model.parameters():  # weights of trained-model scale, so the clips fire now and then
             p.normal_(0, 1.5 / p.shape[-1] ** 0.5)

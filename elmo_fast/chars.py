@@ -9,7 +9,7 @@ UTF-8 widths, so no per-token bytes objects are made.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -74,25 +74,33 @@ def tokens_to_char_ids(tokens: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _check_batch(batch) -> None:
-    if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
+def _as_sentences(batch) -> list[list[str]]:
+    """The batch as lists of tokens. Like AllenNLP, any iterable of iterables works (numpy arrays,
+    generators); a bare str where a sentence belongs is refused, since iterating it would silently
+    make every character a token."""
+    if isinstance(batch, (str, bytes)) or not isinstance(batch, Iterable):
         raise TypeError(f"batch_to_ids expects a list of tokenized sentences (list[list[str]]), got {type(batch).__name__}")
-    if len(batch) == 0:
-        raise ValueError("batch_to_ids got an empty batch: pass at least one sentence (an empty sentence [] is fine)")
+    sentences = []
     for i, sentence in enumerate(batch):
-        if isinstance(sentence, str):
+        if isinstance(sentence, (str, bytes)):
             raise TypeError(
-                f"sentence {i} is a str, not a list of tokens: tokenize it first, e.g. batch_to_ids([{sentence[:20]!r}.split()])"
+                f"sentence {i} is a {type(sentence).__name__}, not a list of tokens: tokenize it first, "
+                f"e.g. batch_to_ids([{sentence[:20]!r}.split()])"
             )
-        if not isinstance(sentence, Sequence):
+        if not isinstance(sentence, Iterable):
             raise TypeError(f"sentence {i} is a {type(sentence).__name__}, expected a list of str tokens")
+        sentences.append(sentence if isinstance(sentence, list) else list(sentence))
+    if not sentences:
+        raise ValueError("batch_to_ids got an empty batch: pass at least one sentence (an empty sentence [] is fine)")
+    return sentences
 
 
-def batch_to_ids(batch: list[list[str]]) -> torch.Tensor:
+def batch_to_ids(batch: Iterable[Iterable[str]]) -> torch.Tensor:
     """Convert tokenized sentences to ELMo character ids.
 
     Args:
-        batch: `B` sentences, each a list of string tokens (an empty list is a valid empty sentence).
+        batch: `B` sentences, each a list of string tokens (an empty list is a valid empty sentence);
+            any iterable of iterables of str works (tuples, numpy arrays, generators).
 
     Returns:
         int64 tensor `[B, T_max, 50]`; rows past a sentence's end are all zero.
@@ -102,7 +110,7 @@ def batch_to_ids(batch: list[list[str]]) -> torch.Tensor:
         >>> ids.shape
         torch.Size([2, 3, 50])
     """
-    _check_batch(batch)
+    batch = _as_sentences(batch)
     lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
     flat = list(itertools.chain.from_iterable(batch))
     bad = next((t for t in flat if not isinstance(t, str)), None)

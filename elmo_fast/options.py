@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from typing import Any, Union
 
@@ -46,10 +47,11 @@ PRESETS: dict[str, dict] = {
 }
 
 OptionsLike = Union[str, os.PathLike, dict]
+logger = logging.getLogger(__name__)
 
 
 class OptionsError(ValueError):
-    """An options.json that is missing a key, has an unknown key, or disagrees with the weights."""
+    """An options.json that is missing a key, has a wrong value, or disagrees with the weights."""
 
 
 _REQUIRED = {
@@ -72,7 +74,9 @@ def load_options(options: OptionsLike) -> dict:
     elif isinstance(options, str) and options in PRESETS:
         return copy.deepcopy(PRESETS[options])
     else:
-        where = os.fspath(options)
+        from .utils import resolve_file
+
+        where = resolve_file(options, "options file")
         if not os.path.exists(where):
             raise FileNotFoundError(f"options file {where!r} does not exist (expected an ELMo options.json or one of {sorted(PRESETS)})")
         try:
@@ -95,10 +99,12 @@ def validate_options(opts: Any, where: str = "options") -> None:
             raise OptionsError(f"{where}: {section} is missing option(s) {sorted(missing)}")
         unknown = set(opts[section]) - _KNOWN[section]
         if unknown:
-            raise OptionsError(f"{where}: unknown option(s) {sorted(unknown)} in {section}; known: {sorted(_KNOWN[section])}")
+            # AllenNLP reads only the keys it needs, and options files written by other trainers
+            # carry extras; a warning still catches a misspelt optional key such as 'cell_clp'.
+            logger.warning("%s: ignoring unknown option(s) %s in %s (known: %s)", where, sorted(unknown), section, sorted(_KNOWN[section]))
     unknown_top = set(opts) - {"lstm", "char_cnn"} - _IGNORED_TOP
     if unknown_top:
-        raise OptionsError(f"{where}: unknown top-level option(s) {sorted(unknown_top)}")
+        logger.warning("%s: ignoring unknown top-level option(s) %s", where, sorted(unknown_top))
     cnn, lstm = opts["char_cnn"], opts["lstm"]
     if cnn["activation"] not in ("relu", "tanh"):
         raise OptionsError(f"{where}: char_cnn.activation must be 'relu' or 'tanh', got {cnn['activation']!r}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .options import validate_options
-from .utils import atomic_path
+from .utils import atomic_path, resolve_file
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -36,13 +36,41 @@ def _is_hdf5(path: str) -> bool:
 
 def load_weights(bilm, path) -> None:
     """Fill an `ElmoBiLm` from weights.hdf5 or a .safetensors checkpoint (chosen by content)."""
-    path = os.fspath(path)
+    path = resolve_file(path, "weight file")
     if not os.path.exists(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist")
     if _is_hdf5(path):
         load_hdf5(bilm, path)
     elif _is_safetensors(path):
         load_checkpoint_into(bilm, path)
+    else:
+        raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
+
+
+def load_char_encoder_weights(enc, path) -> None:
+    """Fill an `ElmoCharacterEncoder` alone (AllenNLP's `_ElmoCharacterEncoder(options, weights)`)
+    from weights.hdf5 or an elmo_fast checkpoint; the LSTM's weights in the file are not read."""
+    path = resolve_file(path, "weight file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist")
+    if _is_hdf5(path):
+        with _open_hdf5(path) as f:
+            _load_hdf5_encoder(f, enc, enc._options, path)
+    elif _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        opts = read_checkpoint_options(path)
+        mine = enc._options
+        if opts["char_cnn"] != mine["char_cnn"] or opts["lstm"]["projection_dim"] != mine["lstm"]["projection_dim"]:
+            raise WeightFileError(f"{path}: the checkpoint's character encoder options differ from the encoder's: "
+                                  f"{opts['char_cnn']} (projection_dim {opts['lstm']['projection_dim']}) vs "
+                                  f"{mine['char_cnn']} (projection_dim {mine['lstm']['projection_dim']})")
+        try:
+            state = load_file(path)
+        except Exception as e:
+            raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
+        prefix = "_token_embedder."
+        enc.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     else:
         raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
 
@@ -56,21 +84,22 @@ def _dataset(f, name: str, shape: tuple, path: str, option_hint: str) -> np.ndar
     return np.asarray(data, dtype=np.float32)
 
 
-def load_hdf5(bilm, path) -> None:
+def _open_hdf5(path: str):
     import h5py
 
-    path = os.fspath(path)
-    opts = bilm.options
-    cnn, lstm_opts = opts["char_cnn"], opts["lstm"]
-    enc = bilm._token_embedder
-    E = cnn["embedding"]["dim"]
-    F_total = enc.n_filters_total
-    P, C = lstm_opts["projection_dim"], lstm_opts["dim"]
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as e:
         raise WeightFileError(f"{path} could not be read as HDF5 ({e})") from None
-    with f, torch.no_grad():
+
+
+def _load_hdf5_encoder(f, enc, opts: dict, path: str) -> None:
+    """The character encoder's datasets (char_embed, CNN, CNN_high_k, CNN_proj) into `enc`."""
+    cnn = opts["char_cnn"]
+    E = cnn["embedding"]["dim"]
+    F_total = enc.n_filters_total
+    P = opts["lstm"]["projection_dim"]
+    with torch.no_grad():
         char = _dataset(f, "char_embed", (261, E), path, "char_cnn.embedding.dim")
         emb = np.zeros((262, E), dtype=np.float32)
         emb[1:] = char
@@ -99,6 +128,14 @@ def load_hdf5(bilm, path) -> None:
         bp = _dataset(f, "CNN_proj/b_proj", (P,), path, "lstm.projection_dim")
         enc._projection.weight.copy_(torch.from_numpy(np.ascontiguousarray(wp.T)))
         enc._projection.bias.copy_(torch.from_numpy(bp))
+
+
+def load_hdf5(bilm, path) -> None:
+    path = os.fspath(path)
+    opts = bilm.options
+    C, P = opts["lstm"]["dim"], opts["lstm"]["projection_dim"]
+    with _open_hdf5(path) as f, torch.no_grad():
+        _load_hdf5_encoder(f, bilm._token_embedder, opts, path)
         lstm = bilm._elmo_lstm
         for layer_idx, cells in enumerate(zip(lstm.forward_layers, lstm.backward_layers)):
             for direction, cell in enumerate(cells):

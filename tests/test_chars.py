@@ -52,8 +52,18 @@ def test_all_empty_batch():
     assert ids.shape == (2, 0, 50)
 
 
+def test_any_iterable_of_tokens_is_accepted():
+    batch = [["The", "cat", "."], ["Hi"]]
+    expected = batch_to_ids(batch)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [np.array(s) for s in batch]
+    for same in (tuple(tuple(s) for s in batch), [np.array(s) for s in batch], (iter(s) for s in batch), ragged):
+        assert torch.equal(batch_to_ids(same), expected)
+
+
 @pytest.mark.parametrize("bad,err", [([], ValueError), ("a sentence", TypeError), (["a sentence"], TypeError),
-                                     ([["ok", 3]], TypeError), (None, TypeError)])
+                                     ([["ok", 3]], TypeError), (None, TypeError), ((s for s in []), ValueError),
+                                     ([b"bytes"], TypeError), ([7], TypeError)])
 def test_bad_input_gives_clear_error(bad, err):
     with pytest.raises(err):
         batch_to_ids(bad)

@@ -98,19 +98,68 @@ def test_checkpoint_with_other_options_is_refused(files):
         ElmoBiLm(other, str(d / "m.safetensors"))
 
 
-def test_option_errors(tmp_path):
+def test_option_errors(tmp_path, caplog):
     opts = small_options()
     bad = json.loads(json.dumps(opts))
     del bad["lstm"]["dim"]
     with pytest.raises(OptionsError, match=r"missing option\(s\) \['dim'\]"):
         load_options(bad)
     bad = json.loads(json.dumps(opts))
-    bad["char_cnn"]["n_higway"] = 1
-    with pytest.raises(OptionsError, match="unknown option"):
+    bad["char_cnn"]["n_higway"] = bad["char_cnn"].pop("n_highway")  # a misspelt required key
+    with pytest.raises(OptionsError, match=r"missing option\(s\) \['n_highway'\]"):
         load_options(bad)
+    # Unknown extra keys are ignored as AllenNLP does (other trainers write them), with a warning
+    # that names them, so a misspelt optional key is still seen.
+    extra = json.loads(json.dumps(opts))
+    extra["lstm"]["dropout"] = 0.1
+    extra["lstm"]["cell_clp"] = 3
+    extra["vocab_file"] = "vocab.txt"
+    with caplog.at_level("WARNING", logger="elmo_fast.options"):
+        loaded = load_options(extra)
+    assert loaded["lstm"]["dim"] == opts["lstm"]["dim"]
+    assert "['cell_clp', 'dropout']" in caplog.text and "['vocab_file']" in caplog.text
     (tmp_path / "o.json").write_text("{not json")
     with pytest.raises(OptionsError, match="not valid JSON"):
         load_options(str(tmp_path / "o.json"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_options(str(tmp_path / "missing.json"))
     assert load_options("original")["lstm"]["dim"] == 4096
+
+
+def test_urls_and_home_paths_are_accepted(files, tmp_path_factory, monkeypatch):
+    """AllenNLP's Elmo opens both files through `cached_path`: the published https/s3 URLs and `~`
+    paths work there, so they must here. A local HTTP server stands in for S3."""
+    import functools
+    import http.server
+    import threading
+
+    d, opts, _ = files
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ELMO_FAST_CACHE", str(cache))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(d))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    ids = batch_to_ids([["A", "url", "."], ["Two"]])
+    local = Elmo(str(d / "options.json"), str(d / "weights.hdf5"), 1, dropout=0.0, stateful=False)
+    try:
+        remote = Elmo(f"{base}/options.json", f"{base}/weights.hdf5", 1, dropout=0.0, stateful=False)
+        with pytest.raises(OSError, match="could not download the weight file"):
+            Elmo(f"{base}/options.json", f"{base}/no_such.hdf5", 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name.split("-", 1)[1] for p in cache.iterdir()) == ["options.json", "weights.hdf5"]
+    # the server is gone: a second construction is served from the download cache
+    again = Elmo(f"{base}/options.json", f"{base}/weights.hdf5", 1, dropout=0.0, stateful=False)
+    for m in (remote, again):
+        torch.testing.assert_close(m(ids)["elmo_representations"][0], local(ids)["elmo_representations"][0], rtol=0, atol=0)
+
+    home = tmp_path_factory.mktemp("home")
+    (home / "elmo").mkdir()
+    for name in ("options.json", "weights.hdf5"):
+        (home / "elmo" / name).write_bytes((d / name).read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    tilde = Elmo("~/elmo/options.json", "~/elmo/weights.hdf5", 1, dropout=0.0, stateful=False)
+    torch.testing.assert_close(tilde(ids)["elmo_representations"][0], local(ids)["elmo_representations"][0], rtol=0, atol=0)

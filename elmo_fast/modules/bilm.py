@@ -35,13 +35,11 @@ class ElmoBiLm(nn.Module):
             raise ValueError("ElmoBiLm needs options_file (an options.json path, a preset name or a dict)")
         self.options = load_options(options_file)
         lstm = self.options["lstm"]
-        self._token_embedder = ElmoCharacterEncoder(self.options, backend=backend)
+        self._token_embedder = ElmoCharacterEncoder(self.options, requires_grad=requires_grad, backend=backend)
         self._requires_grad = requires_grad
-        if requires_grad and vocab_to_cache:
-            logger.warning("vocab_to_cache with requires_grad=True: the cached word vectors will not be fine-tuned")
         self._elmo_lstm = ElmoLstm(
             input_size=lstm["projection_dim"], hidden_size=lstm["projection_dim"], cell_size=lstm["dim"],
-            num_layers=lstm["n_layers"], memory_cell_clip_value=clip_value(lstm.get("cell_clip")),
+            num_layers=lstm["n_layers"], requires_grad=requires_grad, memory_cell_clip_value=clip_value(lstm.get("cell_clip")),
             state_projection_clip_value=clip_value(lstm.get("proj_clip")), stateful=stateful, backend=backend,
         )
         self.num_layers = lstm["n_layers"] + 1
@@ -53,8 +51,10 @@ class ElmoBiLm(nn.Module):
         for p in self.parameters():
             p.requires_grad_(requires_grad)
         self._word_embedding: nn.Embedding | None = None
-        self._bos_embedding: torch.Tensor | None = None
-        self._eos_embedding: torch.Tensor | None = None
+        # Buffers (outside the state_dict, as in AllenNLP) so that .to()/.cuda()/.half() move them
+        # with the cached vocabulary.
+        self.register_buffer("_bos_embedding", None, persistent=False)
+        self.register_buffer("_eos_embedding", None, persistent=False)
         if vocab_to_cache:
             self.create_cached_cnn_embeddings(vocab_to_cache)
 
@@ -101,22 +101,28 @@ class ElmoBiLm(nn.Module):
     def create_cached_cnn_embeddings(self, tokens: list[str], batch_size: int = 4096) -> None:
         """Run the character encoder once over `["<S>", "</S>"] + tokens` and keep the vectors.
 
-        As in AllenNLP, word id k then means `tokens[k]`, and id 0 is padding (so `tokens[0]` is
-        normally the padding token of the caller's vocabulary)."""
+        As in AllenNLP, word id k then means `tokens[k]`, id 0 is padding (its row is zeroed, so
+        `tokens[0]` is normally the padding token of the caller's vocabulary), and the word vectors
+        are a trainable embedding when the biLM is (`requires_grad=True`)."""
         words = ["<S>", "</S>"] + list(tokens)
         ids = batch_to_ids([words])[0].to(self._token_embedder._char_embedding_weights.device)
         vecs = torch.cat([self._token_embedder.encode_ids(ids[i : i + batch_size]) for i in range(0, len(words), batch_size)])
-        self._bos_embedding, self._eos_embedding = vecs[0], vecs[1]
-        self._word_embedding = nn.Embedding.from_pretrained(vecs[2:], freeze=True, padding_idx=0)
+        self._bos_embedding, self._eos_embedding = vecs[0].clone(), vecs[1].clone()
+        weight = vecs[2:].clone()
+        weight[0] = 0.0
+        self._word_embedding = nn.Embedding.from_pretrained(weight, freeze=not self._requires_grad, padding_idx=0)
 
     def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
         """inputs `[B, T, 50]` char ids (or word ids `[B, T]` with a cached vocabulary) ->
         {'activations': num_layers x `[B, T+2, 2P]`, 'mask': `[B, T+2]` bool}."""
         if self._word_embedding is not None and word_inputs is not None:
-            if word_inputs.numel() and int(word_inputs.max()) >= self._word_embedding.num_embeddings:
-                raise ValueError(
-                    f"word id {int(word_inputs.max())} is outside the cached vocabulary of {self._word_embedding.num_embeddings}"
-                )
+            n = self._word_embedding.num_embeddings
+            if word_inputs.numel() and (int(word_inputs.max()) >= n or int(word_inputs.min()) < 0):
+                # AllenNLP backs off to the character CNN when a word is not in the cache.
+                logger.warning("word ids outside the cached vocabulary of %d words: running the character "
+                               "encoder for this batch instead", n)
+                word_inputs = None
+        if self._word_embedding is not None and word_inputs is not None:
             mask_no_bounds = word_inputs > 0
             type_repr, mask = add_sentence_boundary_token_ids(
                 self._word_embedding(word_inputs), mask_no_bounds, self._bos_embedding, self._eos_embedding

@@ -9,6 +9,8 @@ from torch import nn
 from .._backend import warn_if_bf16_emulated
 from ..chars import BOS_IDS, EOS_IDS
 from ..ops.char_cnn import WordVectorCache, char_cnn
+from ..ops.char_cnn.reference import highway_ref
+from ..options import OptionsLike, load_options
 
 
 class Highway(nn.Module):
@@ -23,10 +25,29 @@ class Highway(nn.Module):
             nn.init.zeros_(layer.bias)
             layer.bias.data[input_dim:].fill_(1.0)
 
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The eager layers on `[..., F]` (the fused encoder reads `_layers` directly)."""
+        for layer in self._layers:
+            inputs = highway_ref(inputs, layer.weight, layer.bias)
+        return inputs
+
 
 class ElmoCharacterEncoder(nn.Module):
-    def __init__(self, options: dict, backend: str | None = None):
+    """AllenNLP's `_ElmoCharacterEncoder`: char ids -> the biLM's token vectors, one fused op.
+
+    Args (as AllenNLP's):
+        options_file: options.json path, a preset name or a dict.
+        weight_file: weights.hdf5 or an elmo_fast checkpoint (only the encoder part is read); None =
+            random init (for pretraining).
+        requires_grad: whether the weights are trainable.
+    Extra (keyword-only):
+        backend: kernel backend (None: the fastest available).
+    """
+
+    def __init__(self, options_file: OptionsLike, weight_file=None, requires_grad: bool = False, *,
+                 backend: str | None = None):
         super().__init__()
+        options = load_options(options_file)
         cnn = options["char_cnn"]
         self._options = options
         self.backend = backend
@@ -47,6 +68,15 @@ class ElmoCharacterEncoder(nn.Module):
         self.register_buffer("_end_of_sentence_characters", torch.from_numpy(EOS_IDS.copy()), persistent=False)
         self.word_cache: WordVectorCache | None = None
         self.gemm_dtype: torch.dtype | None = None  # torch.bfloat16: faster CPU inference (see char_cnn)
+        if weight_file is not None:
+            from ..weights import load_char_encoder_weights
+
+            load_char_encoder_weights(self, weight_file)
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+
+    def get_output_dim(self) -> int:
+        return self.output_dim
 
     def enable_word_cache(self, max_entries: int = 100_000) -> None:
         """Reuse word vectors across batches when no gradient is needed (dropped when weights change)."""
@@ -63,6 +93,8 @@ class ElmoCharacterEncoder(nn.Module):
     @property
     def convolutions(self) -> list[nn.Conv1d]:
         return [getattr(self, f"char_conv_{i}") for i in range(self.num_filters)]
+
+    _convolutions = convolutions  # AllenNLP's attribute name
 
     def encode_ids(self, char_ids: torch.Tensor) -> torch.Tensor:
         """`[N, 50]` char ids (no boundary handling) -> `[N, P]`."""
@@ -84,6 +116,10 @@ class ElmoCharacterEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """`inputs` `[B, T, 50]` char ids -> {'mask': `[B, T+2]` bool, 'token_embedding': `[B, T+2, P]`}."""
+        if inputs.dtype != torch.long:
+            if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
+                raise TypeError(f"character ids must be an integer tensor (int64 from batch_to_ids), got {inputs.dtype}")
+            inputs = inputs.long()  # int32 ids work in AllenNLP (F.embedding takes them)
         ids, mask = add_sentence_boundary_token_ids(
             inputs, (inputs > 0).any(dim=-1), self._beginning_of_sentence_characters, self._end_of_sentence_characters
         )
@@ -103,8 +139,8 @@ def add_sentence_boundary_token_ids(tensor: torch.Tensor, mask: torch.Tensor, bo
     out = tensor.new_zeros((B, T + 2) + tuple(tensor.shape[2:]))
     out[:, 1:-1] = tensor
     rows = torch.arange(B, device=tensor.device)
-    out[:, 0] = bos.to(out.dtype)
-    out[rows, lengths + 1] = eos.to(out.dtype)
+    out[:, 0] = bos.to(out)
+    out[rows, lengths + 1] = eos.to(out)
     positions = torch.arange(T + 2, device=tensor.device)
     new_mask = positions[None, :] < (lengths + 2)[:, None]
     return out, new_mask

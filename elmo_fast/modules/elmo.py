@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
+from ..chars import batch_to_ids  # noqa: F401  (re-exported: allennlp.modules.elmo has it)
 from .bilm import ElmoBiLm
-from .char_encoder import remove_sentence_boundaries
+from .char_encoder import ElmoCharacterEncoder, remove_sentence_boundaries
 from .scalar_mix import ScalarMix
+
+logger = logging.getLogger(__name__)
 
 
 class Elmo(nn.Module):
@@ -89,7 +94,11 @@ class Elmo(nn.Module):
         reshaped_words = None
         if word_inputs is not None:
             if not self._has_cached_vocab:
-                raise ValueError("word_inputs need a cached vocabulary: construct Elmo with vocab_to_cache=[...]")
+                # as AllenNLP: a warning, and the character ids are used
+                logger.warning("word_inputs were passed to Elmo, but it has no cached vocabulary "
+                               "(vocab_to_cache); using the character ids")
+                word_inputs = None
+        if word_inputs is not None:
             reshaped_words = word_inputs.reshape(-1, word_inputs.shape[-1]) if word_inputs.dim() > 2 else word_inputs
         bilm = self._elmo_lstm(reshaped, reshaped_words)
         layers, mask_bounds = bilm["activations"], bilm["mask"]
@@ -111,3 +120,9 @@ class Elmo(nn.Module):
             mask = mask.view(lead)
             representations = [r.view(lead + (-1,)) for r in representations]
         return {"elmo_representations": representations, "mask": mask}
+
+
+# AllenNLP's import paths: `from allennlp.modules.elmo import Elmo, batch_to_ids, _ElmoBiLm, ...`
+# keep working when only the package name changes.
+_ElmoBiLm = ElmoBiLm
+_ElmoCharacterEncoder = ElmoCharacterEncoder

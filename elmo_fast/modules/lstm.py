@@ -14,12 +14,17 @@ from ..ops.lstm_proj.function import lstm_proj_pair, pair_supported
 
 
 class LstmCellWithProjection(nn.Module):
-    """One direction of one layer: input map (no bias), recurrent map (the bias), projection C -> P."""
+    """One direction of one layer: input map (no bias), recurrent map (the bias), projection C -> P.
+
+    The positional arguments are AllenNLP's, so a call written for its `LstmCellWithProjection`
+    means the same here; `recurrent_dropout_probability` must be 0 (the fused kernels have no
+    recurrent dropout, and ELMo's biLM does not use it). `backend` is keyword-only."""
 
     def __init__(self, input_size: int, hidden_size: int, cell_size: int, go_forward: bool = True,
-                 memory_cell_clip_value: float | None = None, state_projection_clip_value: float | None = None,
-                 backend: str | None = None):
+                 recurrent_dropout_probability: float = 0.0, memory_cell_clip_value: float | None = None,
+                 state_projection_clip_value: float | None = None, *, backend: str | None = None):
         super().__init__()
+        _no_recurrent_dropout(recurrent_dropout_probability)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.cell_size = cell_size
@@ -40,16 +45,32 @@ class LstmCellWithProjection(nn.Module):
         return (self.input_linearity.weight, self.state_linearity.weight, self.state_linearity.bias,
                 self.state_projection.weight)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, initial_state=None):
-        """inputs `[B, T, I]`, lengths `[B]`, initial_state (h `[B, P]`, c `[B, C]`) or None.
+    def forward(self, inputs: torch.Tensor, batch_lengths, initial_state=None):
+        """As AllenNLP's: inputs `[B, T, I]`, batch_lengths `[B]` (a list or a tensor; any order,
+        where AllenNLP needs them sorted), initial_state (h `[1, B, P]`, c `[1, B, C]`) or None.
 
-        Returns (outputs `[B, T, P]`, (h_n `[B, P]`, c_n `[B, C]`))."""
+        Returns (outputs `[B, T, P]`, (h_n `[1, B, P]`, c_n `[1, B, C]`))."""
+        out, (h, c) = self._run(inputs, batch_lengths, initial_state)
+        return out, (h.unsqueeze(0), c.unsqueeze(0))
+
+    def _run(self, inputs: torch.Tensor, lengths, initial_state=None):
+        """`forward` with states `[B, H]` (also taken as `[1, B, H]`), the layout the stack uses."""
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.as_tensor(lengths, dtype=torch.long)
         h0, c0 = initial_state if initial_state is not None else (None, None)
+        if h0 is not None and h0.dim() == 3:
+            h0, c0 = h0.squeeze(0), c0.squeeze(0)
         out, h, c = lstm_proj(
             inputs, lengths, *self.weights(), self.memory_cell_clip_value, self.state_projection_clip_value,
             reverse=not self.go_forward, h0=h0, c0=c0, backend=self.backend, gemm_dtype=self.gemm_dtype,
         )
         return out, (h, c)
+
+
+def _no_recurrent_dropout(p: float) -> None:
+    if p:
+        raise ValueError(f"recurrent_dropout_probability={p} is not supported: the fused LSTM kernels have no "
+                         "recurrent dropout (ELMo's biLM does not use it); pass 0.0")
 
 
 def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torch.Tensor, b_in: torch.Tensor,
@@ -67,7 +88,7 @@ def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torc
             f_state, b_state)
         return (f_out, (fh, fc)), (b_out, (bh, bc))
     f_len, b_len = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
-    return fl(f_in, f_len, f_state), bl(b_in, b_len, b_state)
+    return fl._run(f_in, f_len, f_state), bl._run(b_in, b_len, b_state)
 
 
 class ElmoLstm(nn.Module):
@@ -75,12 +96,16 @@ class ElmoLstm(nn.Module):
 
     stateful=True keeps AllenNLP's semantics: the final (h, c) of every row, layer and direction
     become the next call's initial state until `reset_states()`; stateless runs start from zeros.
+    The positional arguments are AllenNLP's (`recurrent_dropout_probability` must be 0);
+    `stateful` and `backend` are keyword-only.
     """
 
     def __init__(self, input_size: int, hidden_size: int, cell_size: int, num_layers: int,
+                 requires_grad: bool = False, recurrent_dropout_probability: float = 0.0,
                  memory_cell_clip_value: float | None = None, state_projection_clip_value: float | None = None,
-                 stateful: bool = True, backend: str | None = None):
+                 *, stateful: bool = True, backend: str | None = None):
         super().__init__()
+        _no_recurrent_dropout(recurrent_dropout_probability)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.cell_size = cell_size
@@ -91,8 +116,11 @@ class ElmoLstm(nn.Module):
         for layer in range(num_layers):
             for name, forward in (("forward", True), ("backward", False)):
                 self.add_module(f"{name}_layer_{layer}", LstmCellWithProjection(
-                    size, hidden_size, cell_size, forward, memory_cell_clip_value, state_projection_clip_value, backend))
+                    size, hidden_size, cell_size, forward, 0.0, memory_cell_clip_value, state_projection_clip_value,
+                    backend=backend))
             size = hidden_size
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
 
     @property
     def forward_layers(self) -> list[LstmCellWithProjection]:
@@ -115,9 +143,14 @@ class ElmoLstm(nn.Module):
 
     def reset_states(self, mask: torch.Tensor | None = None) -> None:
         """Forget the carried state (all rows, or only the rows where `mask` `[B]` is True)."""
-        if mask is None or self._states is None:
+        if mask is None:
             self._states = None
             return
+        if self._states is None:
+            return
+        if mask.dim() != 1 or mask.shape[0] != self._states[0].shape[1]:
+            raise ValueError(f"reset_states: the mask has shape {tuple(mask.shape)}, but {self._states[0].shape[1]} rows "
+                             "of state are stored; pass one flag per stored row")
         keep = (~mask.bool()).to(self._states[0].dtype).view(1, -1, 1)
         self._states = tuple(s * keep[:, : s.shape[1]] for s in self._states)
 

@@ -221,6 +221,53 @@ def test_vocab_to_cache_equals_character_path(model_files):
     assert_close("cached vocabulary", via_chars, via_words, atol=1e-5, rtol=1e-5)
 
 
+def test_vocab_to_cache_follows_allennlp(model_files, caplog):
+    """AllenNLP's cached vocabulary: a trainable embedding when requires_grad=True with row 0 (padding)
+    zeroed, a fall back to the character CNN for ids outside it, word_inputs without a cached
+    vocabulary ignored with a warning; and the boundary vectors move with the module."""
+    options_file, weight_file, _, _ = model_files
+    vocab = ["@@PADDING@@", "The", "cat", "sat"]
+    sents = [["The", "cat", "sat"], ["cat"]]
+    chars = batch_to_ids(sents)
+    word_ids = torch.tensor([[1, 2, 3], [2, 0, 0]])
+    tuned = Elmo(options_file, weight_file, 1, requires_grad=True, dropout=0.0, vocab_to_cache=vocab, stateful=False)
+    emb = tuned._elmo_lstm._word_embedding
+    assert emb.weight.requires_grad and "_elmo_lstm._word_embedding.weight" in dict(tuned.named_parameters())
+    assert torch.count_nonzero(emb.weight[0]) == 0 and torch.count_nonzero(emb.weight[1:]) > 0
+    tuned(chars, word_ids)["elmo_representations"][0].sum().backward()
+    assert torch.count_nonzero(emb.weight.grad[1:4].abs().sum(-1)) == 3
+    assert torch.count_nonzero(emb.weight.grad[0]) == 0  # the padding row gets no gradient
+    frozen = Elmo(options_file, weight_file, 1, dropout=0.0, vocab_to_cache=vocab, stateful=False)
+    assert not frozen._elmo_lstm._word_embedding.weight.requires_grad
+    assert "_bos_embedding" not in frozen.state_dict() and "_elmo_lstm._bos_embedding" not in frozen.state_dict()
+
+    via_chars = frozen(chars)["elmo_representations"][0]
+    with caplog.at_level("WARNING"):
+        unknown = frozen(chars, torch.tensor([[1, 2, 7], [2, 0, 0]]))["elmo_representations"][0]
+    assert "outside the cached vocabulary" in caplog.text
+    torch.testing.assert_close(unknown, via_chars, rtol=0, atol=0)  # the character path itself
+    caplog.clear()
+    plain = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    with caplog.at_level("WARNING"):
+        ignored = plain(chars, word_ids)["elmo_representations"][0]
+    assert "no cached vocabulary" in caplog.text
+    torch.testing.assert_close(ignored, plain(chars)["elmo_representations"][0], rtol=0, atol=0)
+
+    double = frozen.double()  # buffers follow the module (they are .to(device) on a GPU too)
+    assert double._elmo_lstm._bos_embedding.dtype == torch.float64
+    assert double(chars, word_ids)["elmo_representations"][0].dtype == torch.float64
+
+
+def test_int32_char_ids_are_accepted(model_files):
+    options_file, weight_file, _, _ = model_files
+    elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
+    ids = batch_to_ids(SENTENCES)
+    expected = elmo(ids)["elmo_representations"][0]
+    torch.testing.assert_close(elmo(ids.int())["elmo_representations"][0], expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="integer"):
+        elmo(ids.float())
+
+
 def test_higher_rank_inputs_are_reshaped(model_files):
     options_file, weight_file, _, _ = model_files
     elmo = Elmo(options_file, weight_file, 1, dropout=0.0, stateful=False)
@@ -338,7 +385,7 @@ def test_bilstm_directions_run_concurrently_and_match_the_split_path(monkeypatch
     torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
-        model = ElmoLstm(6, 6, 10, 2, 3.0, 3.0, stateful=True)
+        model = ElmoLstm(6, 6, 10, 2, True, memory_cell_clip_value=3.0, state_projection_clip_value=3.0, stateful=True)
         x = torch.randn(4, 7, 6)
         mask = torch.arange(7)[None] < torch.tensor([7, 1, 4, 6])[:, None]
         results = []

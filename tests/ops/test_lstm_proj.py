@@ -348,7 +348,7 @@ def test_elmo_lstm_through_cpp_matches_torch(stateful):
     models = {}
     for be in ("torch", "cpp"):
         torch.manual_seed(0)
-        m = ElmoLstm(6, 6, 13, 2, 3.0, 3.0, stateful=stateful, backend=be)
+        m = ElmoLstm(6, 6, 13, 2, True, memory_cell_clip_value=3.0, state_projection_clip_value=3.0, stateful=stateful, backend=be)
         with torch.no_grad():
             for p in m.parameters():
                 p.normal_(0, 1.0 / p.shape[-1] ** 0.5)
