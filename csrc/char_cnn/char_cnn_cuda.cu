@@ -83,13 +83,15 @@ __global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32
     acc_t acc = 0;
     const acc_t* xp = x + p * E;  // the window is contiguous: w rows of E
     for (int k = 0; k < K; ++k) acc += xp[k] * ws[k * kTF + tx];
-    if (acc > best) {  // strict: the first maximum wins, like torch.max
+    // strict: the first maximum wins, like torch.max, and so does the first NaN (torch.max
+    // propagates it; `acc > best` alone would hide a diverged weight)
+    if (acc > best || (acc != acc && best == best)) {
       best = acc;
       best_at = p;
     }
   }
   const acc_t pre = best + static_cast<acc_t>(bias[f]);
-  const acc_t y = relu ? (pre > acc_t(0) ? pre : acc_t(0)) : tanh_(pre);
+  const acc_t y = relu ? (pre < acc_t(0) ? acc_t(0) : pre) : tanh_(pre);  // relu keeps NaN, as torch.relu
   out[n * F_total + col + f] = static_cast<scalar_t>(y);
   amax[n * F_total + col + f] = best_at;
 }

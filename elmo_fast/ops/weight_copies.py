@@ -5,7 +5,8 @@ Rebuilding them on every call would cost a large part of what they save (the 'or
 converts ~19M weights per direction and layer; packing its 32 MB recurrent weight takes ~20 ms).
 A copy is kept per (weight tensor, kind) and rebuilt when the weight changes: its `_version` moves
 (an in-place update: an optimizer step, `load_state_dict`) or its storage is replaced
-(`param.data = other`, which keeps the version count). Keys are weak and by identity, so a dropped
+(`param.data = other`, which keeps the version count; the entry keeps the old storage alive, so a
+new one cannot reuse its address). Keys are weak and by identity, so a dropped
 model frees its copies.
 
 PyTorch's fused optimizers (`Adam(..., fused=True)` and the like) write parameters without moving
@@ -49,7 +50,9 @@ def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torc
     if hit is not None and hit[0] == key:
         return hit[1]
     copy = make(w.detach())
-    copies[w] = (key, copy)
+    # The entry holds the storage it was made from: were it freed, a later replacement storage
+    # could be allocated at the same address (with the same version count) and match the key.
+    copies[w] = (key, copy, w.untyped_storage())
     return copy
 
 

@@ -324,3 +324,50 @@ def test_packed_linear_op(M, K, N, gemm_isa):
         torch.ops.elmo_fast.packed_linear(x, packed, None, 5)
     with pytest.raises(RuntimeError, match="bias must be"):
         torch.ops.elmo_fast.packed_linear(x, packed, b[:-1], N)
+
+
+@requires_cpp
+def test_double_backward_raises_instead_of_wrong_numbers():
+    """The fused backward is not itself differentiable: a create_graph=True gradient (a gradient
+    penalty) must raise at the second backward; it used to return silently wrong second
+    derivatives (d/d emb 169 against eager's 991). The eager backend ("torch") supports it."""
+    params = make_params(n_highway=2)
+    ids = random_char_ids(9, seed=4)
+    for backend in ("torch", "cpp"):
+        out = char_cnn(ids, *params, "relu", backend=backend)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), params[0], create_graph=True)  # through the fused backward
+        penalty = g.pow(2).sum()
+        if backend == "torch":
+            penalty.backward()
+        else:
+            with pytest.raises(RuntimeError, match="once_differentiable"):
+                penalty.backward()
+
+
+def check_nan_propagates(backend: str, device: str = "cpu") -> None:
+    """NaN in a conv weight or in a used character's embedding row must come out where the eager
+    reference puts it (torch.max and torch.relu propagate NaN). The fused max compared `acc > best`,
+    which a NaN never wins, so a diverged weight vanished behind the other positions (all rows came
+    out finite where eager's were all NaN). Shared with the Triton and CUDA tests."""
+    ids = mixed_ids(n_random=5).to(device)
+    for where in ("conv weight", "embedding row"):
+        params = make_params(filters=((1, 4), (2, 5), (3, 7)), n_highway=1)
+        with torch.no_grad():
+            if where == "conv weight":
+                params[1][1][2, 3, 1] = float("nan")  # width 2, filter 2
+            else:
+                params[0][int(ids[0, 2])] = float("nan")  # a character of the first word
+        params = [p.to(device) if isinstance(p, torch.Tensor) else [q.to(device) for q in p] for p in params]
+        emb, ws, bs = params[0], params[1], params[2]
+        ref_feats = torch.cat([torch.relu(F.conv1d(F.embedding(ids, emb).transpose(1, 2), w, b).max(-1).values)
+                               for w, b in zip(ws, bs)], -1)
+        feats, _ = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend=backend)
+        assert torch.isnan(ref_feats).any(), where
+        assert torch.equal(torch.isnan(feats), torch.isnan(ref_feats)), f"{where}: NaN features differ from eager's"
+        out = char_cnn(ids, *params, "relu", backend=backend)
+        assert torch.equal(torch.isnan(out), torch.isnan(char_cnn_ref(ids, *params, "relu"))), where
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_propagates_like_eager(backend):
+    check_nan_propagates(backend)

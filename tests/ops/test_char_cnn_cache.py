@@ -57,6 +57,28 @@ def test_cache_invalidated_when_weights_change():
     assert not torch.allclose(before, after)
 
 
+def test_cache_invalidated_by_two_storage_swaps():
+    """The projection weight's storage replaced twice (`p.data = ...` keeps the version count): the
+    second replacement used to land at the first storage's freed address and match the cache's
+    signature (stale vectors in 4 of 20 trials); the cache now keeps those storages alive."""
+    from elmo_fast.modules.char_encoder import ElmoCharacterEncoder
+    from elmo_fast.testing import small_options
+
+    ids = random_char_ids(6, seed=0)
+    for trial in range(20):
+        torch.manual_seed(trial)
+        enc = ElmoCharacterEncoder(small_options(), backend="torch")
+        enc.enable_word_cache()
+        p = enc._projection.weight
+        with torch.no_grad():
+            enc.encode_ids(ids)
+            p.data = torch.randn_like(p)
+            p.data = torch.randn_like(p)
+            cached = enc.encode_ids(ids)
+            enc.word_cache = None
+            assert torch.equal(cached, enc.encode_ids(ids)), f"trial {trial}: stale word vectors"
+
+
 def test_cache_invalidated_by_a_fused_optimizer_step():
     """Fused optimizers write parameters without moving `_version`; elmo_fast's step hook moves it."""
     emb, ws, bs, hw, hb, pw, pb = make_params()

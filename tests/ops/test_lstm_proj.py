@@ -263,6 +263,24 @@ def test_packed_weights_follow_a_swapped_storage():
     assert_close("after the swap", ref, second)
 
 
+def test_packed_weights_follow_two_storage_swaps():
+    """Swapping a weight's storage twice: with the first copy's storage freed, the allocator often
+    put the second replacement at its address, the key (version, shape, address) matched and the
+    packed copy of the original weights was used (wrong output in 14 of 20 trials before the cache
+    kept the storage alive)."""
+    x, lengths, ws, h0, c0 = make_inputs(B=2, T=3, I=8, C=16, P=4)
+    for trial in range(20):
+        params = [torch.nn.Parameter(w.clone()) for w in ws]
+        with torch.no_grad():
+            lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")
+            for _ in range(2):
+                for p in params:
+                    p.data = torch.randn_like(p)
+            out = lstm_proj(x, lengths, *params, 3.0, 3.0, False, h0, c0, backend="cpp")[0]
+            ref = lstm_proj_ref(x, lengths, *params, 3.0, 3.0, False, h0, c0)[0]
+        assert_close(f"trial {trial}", ref, out)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
 def test_packed_weights_follow_a_fused_optimizer_step(optimizer):
     """torch's fused optimizers update parameters without moving `_version`; elmo_fast's step hook
@@ -376,6 +394,43 @@ def test_elmo_lstm_through_cpp_matches_torch(stateful):
         models["cpp"].reset_states()
         models["torch"].reset_states()
         assert_close("bf16 output", models["torch"](x, mask), models["cpp"](x, mask), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_after_an_inference_mode_call(threads):
+    """A stateful biLSTM that ran once under torch.inference_mode() (a validation step, as PyTorch
+    Lightning runs them) carries inference tensors as its state; the next training step must still
+    save them for backward (it raised "Inference tensors cannot be saved for backward"). 2 threads
+    take the both-directions-at-once path."""
+    from elmo_fast.modules.lstm import ElmoLstm
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        models = {}
+        for be in ("torch", "cpp"):
+            torch.manual_seed(0)
+            models[be] = ElmoLstm(6, 6, 13, 2, True, memory_cell_clip_value=3.0, state_projection_clip_value=3.0, backend=be)
+        x, mask = torch.randn(3, 5, 6), torch.ones(3, 5, dtype=torch.bool)
+        grads = {}
+        for be, m in models.items():
+            with torch.inference_mode():
+                m(x, mask)
+            assert m._states[0].is_inference()
+            m(x, mask).sum().backward()
+            grads[be] = [p.grad for p in m.parameters()]
+        for k, (r, o) in enumerate(zip(grads["torch"], grads["cpp"])):
+            assert_close(f"grad {k}", r, o, atol=1e-4)
+        h0 = models["cpp"]._states[0][0, :, :6].clone()
+        with torch.inference_mode():
+            h0 = h0.clone()
+        x_in, lengths, ws, _, c0 = make_inputs(B=3, T=5, I=5, C=11, P=6)
+        ws = [w.requires_grad_() for w in ws]
+        out, h, c = lstm_proj(x_in, lengths, *ws, h0=h0, c0=c0, backend="cpp")  # the op itself, given such a state
+        out.sum().backward()
+        assert ws[0].grad is not None
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_bf16_gemm_takes_cached_bf16_weights():
@@ -523,5 +578,24 @@ def test_pair_is_used_only_where_it_pays():
         assert not pair_supported(x, None, torch.bfloat16, torch.empty(4096, 128))
         torch.set_num_threads(1)
         assert not pair_supported(x, None, None, torch.empty(4096, 128))
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_double_backward_raises_instead_of_wrong_numbers(threads):
+    """As for the char CNN: a second-order gradient through the fused backward raises (it used to
+    come back silently wrong, 3,264 vs eager's 127,668); 2 threads take the paired path."""
+    from elmo_fast.modules.lstm import ElmoLstm
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = ElmoLstm(5, 5, 8, 1, True, backend="cpp")
+        x = torch.randn(2, 4, 5, requires_grad=True)
+        out = m(x, torch.ones(2, 4, dtype=torch.bool))
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            g.pow(2).sum().backward()
     finally:
         torch.set_num_threads(old)

@@ -76,6 +76,41 @@ def test_triton_matches_reference(reverse, clips, fwd_path):
 
 
 @here
+def test_triton_fp64_is_computed_in_fp64(fwd_path):
+    """fp64 in, fp64 math (gradcheck and reference runs rely on it): the kernels used to load every
+    value as fp32, so outputs were off by ~4e-7 and a length-0 row's state came back rounded. fp64
+    takes the per-step kernels (computing in fp64) even where the fp32 time loop would run."""
+    from elmo_fast.ops.lstm_proj import triton_impl
+    from tests.ops.test_lstm_proj import make_inputs, run
+
+    dev = _device()
+    x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, scale=2.0, dtype=torch.float64,
+                                         lengths=torch.tensor([6, 1, 0, 4, 6]))
+    x, ws, h0, c0 = x.to(dev), [w.to(dev) for w in ws], h0.to(dev), c0.to(dev)
+    grads = [torch.randn(5, 6, 4, device=dev, dtype=torch.float64), torch.randn(5, 4, device=dev, dtype=torch.float64),
+             torch.randn(5, 19, device=dev, dtype=torch.float64)]
+    ref_outs, ref_d = run("ref", x, lengths, ws, h0, c0, 0.7, 0.4, False, grads)
+    if fwd_path == "time_loop":  # fp64 never takes it: make the fixture's check about fp32 only
+        triton_impl._fwd_time_loop(*_time_loop_args(triton_impl, x.float(), lengths, [w.float() for w in ws], h0.float(), c0.float()))
+    outs, d = run("triton", x, lengths, ws, h0, c0, 0.7, 0.4, False, grads)  # 0.7: not an fp32 value
+    for name, r, o in zip(("out", "h_n", "c_n", "dx", "dw_in", "dw_rec", "dbias", "dw_proj", "dh0", "dc0"),
+                          list(ref_outs) + list(ref_d), list(outs) + list(d)):
+        assert o.dtype == torch.float64, name
+        assert_close(name, r, o)
+    assert torch.equal(outs[1][2], h0[2]) and torch.equal(outs[2][2], c0[2])  # length 0: passed through
+
+
+def _time_loop_args(triton_impl, x, lengths, ws, h0, c0):
+    """Arguments of one direct `_fwd_time_loop` call (as lstm_proj_fwd prepares them)."""
+    w_in, w_rec, bias, w_proj = ws
+    B, T, I = x.shape
+    perm, inv, sorted_len, _ = triton_impl._plan(lengths, T, x.device)
+    xs = x.index_select(0, perm).transpose(0, 1).contiguous()
+    gates = (xs.view(T * B, I) @ w_in.t()).view(T, B, -1)
+    return x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, 0.7, 0.4, False, False
+
+
+@here
 def test_triton_no_grad_path(fwd_path):
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
     from tests.ops.test_lstm_proj import make_inputs

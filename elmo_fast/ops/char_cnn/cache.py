@@ -4,7 +4,8 @@ Inference sees the same words batch after batch ('the', ',', '.'); the char CNN 
 projection of a token depends only on its 50 character ids and the weights, so its output can be
 reused. Keys are the id rows, eviction is least-recently-used, and the whole cache is dropped as
 soon as any weight changes (in-place updates bump a tensor's `_version`; replacing a parameter
-changes its `data_ptr`). Only used when no gradient is needed (see `char_cnn(cache=...)`).
+changes its `data_ptr`, and the cache keeps the storages it was filled from alive, so a replacement
+cannot land at the same address). Only used when no gradient is needed (see `char_cnn(cache=...)`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class WordVectorCache:
         self.max_entries = max_entries
         self._store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._signature: tuple | None = None
+        self._storages: list = []
         self.hits = 0
         self.misses = 0
 
@@ -40,6 +42,7 @@ class WordVectorCache:
     def clear(self) -> None:
         self._store.clear()
         self._signature = None
+        self._storages: list = []
 
     @staticmethod
     def _weights_signature(params: Sequence[torch.Tensor]) -> tuple:
@@ -53,6 +56,8 @@ class WordVectorCache:
         if signature != self._signature:
             self._store.clear()
             self._signature = signature
+            # Held so that no replacement weight can be allocated at a signature's address.
+            self._storages = [p.untyped_storage() for p in params]
         if char_ids.shape[0] == 0:
             return compute(char_ids)
         uniq, inverse = unique_tokens(char_ids)

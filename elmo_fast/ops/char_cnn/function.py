@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ... import _ext
 from ..._backend import backend_available, choose_backend, gpu_autocast_dtype
@@ -167,6 +168,7 @@ class CharConvMaxFunction(torch.autograd.Function):
         return feats, argmax
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: double backward raises
     def backward(ctx, grad, _grad_argmax):
         char_ids, emb, feats, argmax, *weights = ctx.saved_tensors
         backend = ctx.backend
@@ -256,6 +258,7 @@ class HighwayFunction(torch.autograd.Function):
         return torch.ops.elmo_fast.highway_gate(z, b, x)
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: double backward raises
     def backward(ctx, dy):
         x, w, b, z = ctx.saved_tensors
         dz, dx = torch.ops.elmo_fast.highway_gate_backward(dy.contiguous(), z, b, x)
@@ -276,6 +279,7 @@ class TritonHighwayFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: double backward raises
     def backward(ctx, dy):
         x, w, z = ctx.saved_tensors
         return _triton().highway_bwd(dy.contiguous(), x, w, z)

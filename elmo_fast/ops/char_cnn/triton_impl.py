@@ -76,12 +76,14 @@ def _char_cnn_fwd_kernel(
             acc = tl.dot(x, w, input_precision="ieee")  # [BLOCK_N, BLOCK_F] fp32
         else:
             acc = tl.dot(x, w)
-        better = acc > best  # strict: the first maximum wins, like torch.max
+        # strict: the first maximum wins, like torch.max; so does the first NaN (torch.max
+        # propagates it; a plain `acc > best` never takes a NaN and would hide a diverged weight)
+        better = (acc > best) | ((acc != acc) & (best == best))
         best = tl.where(better, acc, best)
         best_at = tl.where(better, p, best_at)
     pre = best + tl.load(b_ptr + offs_f, mask=f_mask, other=0.0).to(best.dtype)[None, :]
     if RELU:
-        y = tl.maximum(pre, 0.0)
+        y = tl.where(pre < 0.0, 0.0, pre)  # NaN stays NaN, as torch.relu
     else:
         y = 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh; libdevice is unavailable under the interpreter
     om = n_mask[:, None] & f_mask[None, :]

@@ -9,6 +9,7 @@ Triton pointwise step kernels, Python time loop), "torch" (the eager reference).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ... import _ext
 from ..._backend import choose_backend, gpu_autocast_dtype
@@ -62,7 +63,14 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 def _initial_state(x, w_proj, h0, c0):
     """(h0, c0) with zeros `[B, P]` / `[B, C]` for the ones not given."""
     B, (P, C) = x.shape[0], w_proj.shape
-    return (x.new_zeros(B, P) if h0 is None else h0), (x.new_zeros(B, C) if c0 is None else c0)
+    return (x.new_zeros(B, P) if h0 is None else _saveable(h0)), (x.new_zeros(B, C) if c0 is None else _saveable(c0))
+
+
+def _saveable(t: torch.Tensor) -> torch.Tensor:
+    # A stateful model's carried state from a call under torch.inference_mode() (a validation
+    # step) is an inference tensor, which autograd refuses to save for the next training step;
+    # outside inference mode a clone of it is a normal tensor.
+    return t.clone() if t.is_inference() and not torch.is_inference_mode_enabled() else t
 
 
 def _clips(cell_clip, proj_clip) -> tuple[float, float]:
@@ -115,6 +123,7 @@ class LstmProjFunction(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: double backward raises
     def backward(ctx, grad_out, grad_hn, grad_cn):
         x, lengths, w_in, w_rec, w_proj, h0, c0, *cache = ctx.saved_tensors
         dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0 = _bwd_impl(ctx.backend)(
@@ -272,6 +281,7 @@ class LstmProjPairFunction(torch.autograd.Function):
         return (*results[0][:3], *results[1][:3])
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: double backward raises
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
         args = [[*(g.contiguous() for g in grads[3 * d : 3 * d + 3]), *saved[12 * d : 12 * d + 12]] for d in range(2)]

@@ -41,26 +41,28 @@ def _lstm_proj_fwd_step_kernel(
     CRAW,  # [n, C] unclipped new cell
     M,  # [n, C] o * tanh(clip(c))
     C,
-    clip,
+    CLIP,  # [1] the cell clip in the state dtype (a float argument would be fp32)
     HAS_CLIP: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 inputs
 ):
     r = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = j < C
     g_row = G + r * 4 * C
-    zi = tl.load(g_row + j, mask=mask).to(tl.float32) + tl.load(BIAS + j, mask=mask).to(tl.float32)
-    zf = tl.load(g_row + C + j, mask=mask).to(tl.float32) + tl.load(BIAS + C + j, mask=mask).to(tl.float32)
-    zg = tl.load(g_row + 2 * C + j, mask=mask).to(tl.float32) + tl.load(BIAS + 2 * C + j, mask=mask).to(tl.float32)
-    zo = tl.load(g_row + 3 * C + j, mask=mask).to(tl.float32) + tl.load(BIAS + 3 * C + j, mask=mask).to(tl.float32)
+    zi = tl.load(g_row + j, mask=mask).to(ACC) + tl.load(BIAS + j, mask=mask).to(ACC)
+    zf = tl.load(g_row + C + j, mask=mask).to(ACC) + tl.load(BIAS + C + j, mask=mask).to(ACC)
+    zg = tl.load(g_row + 2 * C + j, mask=mask).to(ACC) + tl.load(BIAS + 2 * C + j, mask=mask).to(ACC)
+    zo = tl.load(g_row + 3 * C + j, mask=mask).to(ACC) + tl.load(BIAS + 3 * C + j, mask=mask).to(ACC)
     i = tl.sigmoid(zi)
     f = tl.sigmoid(zf)
     g = _tanh(zg)
     o = tl.sigmoid(zo)
-    c_prev = tl.load(CST + r * C + j, mask=mask).to(tl.float32)
+    c_prev = tl.load(CST + r * C + j, mask=mask).to(ACC)
     cn = i * g + f * c_prev
     cc = cn
     if HAS_CLIP:
+        clip = tl.load(CLIP)
         cc = tl.minimum(tl.maximum(cn, -clip), clip)
     tl.store(CRAW + r * C + j, cn, mask=mask)
     tl.store(CST + r * C + j, cc, mask=mask)
@@ -83,33 +85,35 @@ def _lstm_proj_bwd_step_kernel(
     DC,  # [n, C] carried d c: in for this step, out for the previous one
     DZ,  # [n, 4C] d pre-activations out
     C,
-    clip,
+    CLIP,  # [1] the cell clip in the state dtype (a float argument would be fp32)
     HAS_CLIP: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 inputs
 ):
     r = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = j < C
     g_row = G + r * 4 * C
-    i = tl.load(g_row + j, mask=mask).to(tl.float32)
-    f = tl.load(g_row + C + j, mask=mask).to(tl.float32)
-    g = tl.load(g_row + 2 * C + j, mask=mask).to(tl.float32)
-    o = tl.load(g_row + 3 * C + j, mask=mask).to(tl.float32)
-    cn = tl.load(CRAW + r * C + j, mask=mask).to(tl.float32)
+    i = tl.load(g_row + j, mask=mask).to(ACC)
+    f = tl.load(g_row + C + j, mask=mask).to(ACC)
+    g = tl.load(g_row + 2 * C + j, mask=mask).to(ACC)
+    o = tl.load(g_row + 3 * C + j, mask=mask).to(ACC)
+    cn = tl.load(CRAW + r * C + j, mask=mask).to(ACC)
     first = tl.load(FIRST + r)
-    cp_raw = tl.load(CRAW_PREV + r * C + j, mask=mask).to(tl.float32)
-    c0 = tl.load(C0 + r * C + j, mask=mask).to(tl.float32)
+    cp_raw = tl.load(CRAW_PREV + r * C + j, mask=mask).to(ACC)
+    c0 = tl.load(C0 + r * C + j, mask=mask).to(ACC)
     cc = cn
-    pass_c = tl.full([BLOCK_C], 1.0, tl.float32)
+    pass_c = tl.full([BLOCK_C], 1.0, ACC)
     cp = cp_raw
     if HAS_CLIP:
+        clip = tl.load(CLIP)
         cc = tl.minimum(tl.maximum(cn, -clip), clip)
         pass_c = tl.where(tl.abs(cn) <= clip, 1.0, 0.0)
         cp = tl.minimum(tl.maximum(cp_raw, -clip), clip)
     c_prev = tl.where(first != 0, c0, cp)
     tc = _tanh(cc)
-    dm = tl.load(DM + r * C + j, mask=mask).to(tl.float32)
-    dcn = (dm * o * (1.0 - tc * tc) + tl.load(DC + r * C + j, mask=mask).to(tl.float32)) * pass_c
+    dm = tl.load(DM + r * C + j, mask=mask).to(ACC)
+    dcn = (dm * o * (1.0 - tc * tc) + tl.load(DC + r * C + j, mask=mask).to(ACC)) * pass_c
     d_row = DZ + r * 4 * C
     tl.store(d_row + j, dcn * g * i * (1.0 - i), mask=mask)
     tl.store(d_row + C + j, dcn * c_prev * f * (1.0 - f), mask=mask)
@@ -286,6 +290,11 @@ def _act_buffer(gates: torch.Tensor) -> torch.Tensor:
     return gates if sdt == gates.dtype else torch.zeros_like(gates, dtype=sdt)
 
 
+def _acc(state: torch.dtype):
+    """The step kernels' compute dtype for a state dtype."""
+    return tl.float64 if state == torch.float64 else tl.float32
+
+
 def _block(C: int) -> int:
     return min(1024, triton.next_power_of_2(max(C, 16)))
 
@@ -311,7 +320,9 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
     x, w_in, w_rec, bias, w_proj = (t.contiguous() for t in (x, w_in, w_rec, bias, w_proj))
     xs = x.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, I]
     gates = (xs.view(T * B, I) @ w_in.t()).view(T, B, C4)  # one GEMM for every step's input map
-    if _pow2(C) * _pow2(P) <= TIME_LOOP_MAX_WEIGHTS and B > 0 and T > 0:
+    # fp64 (gradcheck, reference runs) takes the per-step path, whose pointwise kernels compute in
+    # fp64; the time loop computes in fp32.
+    if _pow2(C) * _pow2(P) <= TIME_LOOP_MAX_WEIGHTS and B > 0 and T > 0 and x.dtype != torch.float64:
         return _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip,
                               reverse, save_cache)
     h = h0.index_select(0, perm).contiguous()
@@ -323,6 +334,7 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
     h_prev = x.new_zeros(T, B, P) if save_cache else x.new_empty(0)
     act = _act_buffer(gates) if save_cache else gates
     block = _block(C)
+    clip_t = torch.full((1,), cell_clip, dtype=sdt, device=x.device)
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = active[t]
@@ -335,7 +347,7 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
         craw_t = c_raw[t] if save_cache else c_raw
         m_t = (m[t] if save_cache else m)[:n]
         _lstm_proj_fwd_step_kernel[(n, triton.cdiv(C, block))](
-            g, act[t, :n], bias, c, craw_t, m_t, C, float(cell_clip), HAS_CLIP=cell_clip > 0, BLOCK_C=block)
+            g, act[t, :n], bias, c, craw_t, m_t, C, clip_t, HAS_CLIP=cell_clip > 0, BLOCK_C=block, ACC=_acc(sdt))
         hr = h_raw[t, :n]
         torch.mm(m_t, w_proj.t(), out=hr)
         h[:n] = hr.clamp(-proj_clip, proj_clip) if proj_clip > 0 else hr
@@ -367,6 +379,7 @@ def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h
     dz = x.new_zeros(T, B, C4)
     dh_raw = x.new_zeros(T, B, P)
     block = _block(C)
+    clip_t = torch.full((1,), cell_clip, dtype=sdt, device=x.device)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         n = active[t]
@@ -384,8 +397,8 @@ def lstm_proj_bwd(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h
             first = torch.full((n,), int(t == 0), dtype=torch.int32, device=x.device)
             prev = c_raw[t - 1] if t > 0 else c0s
         _lstm_proj_bwd_step_kernel[(n, triton.cdiv(C, block))](
-            gates[t], c_raw[t], prev, c0s, first, dm, dc, dz[t], C, float(cell_clip),
-            HAS_CLIP=cell_clip > 0, BLOCK_C=block)
+            gates[t], c_raw[t], prev, c0s, first, dm, dc, dz[t], C, clip_t,
+            HAS_CLIP=cell_clip > 0, BLOCK_C=block, ACC=_acc(sdt))
         torch.mm(dz[t, :n], w_rec, out=dh[:n])
     dz2 = dz.view(T * B, C4)
     xs = x.index_select(0, perm).transpose(0, 1).contiguous()
