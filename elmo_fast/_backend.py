@@ -41,6 +41,10 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if backend_available(b, device)]
 
 
+class BackendUnavailableError(RuntimeError):
+    """A backend that was asked for (argument or environment) cannot run here: a configuration error."""
+
+
 def choose_backend(device: torch.device, supported: tuple[str, ...], requested: str | None = None) -> str:
     """Backend for an op that implements `supported` on `device`.
 
@@ -59,11 +63,11 @@ def choose_backend(device: torch.device, supported: tuple[str, ...], requested: 
             if needs is not None and needs != device.type:
                 # The usual cause: a module or its inputs still on the other device.
                 also = " (or CPU ones under TRITON_INTERPRET=1, for tests)" if requested == "triton" else ""
-                raise RuntimeError(
+                raise BackendUnavailableError(
                     f"backend {requested!r} (from {source}) cannot run on {device.type} tensors: it needs {needs} ones{also}; "
                     f"move the module and its inputs with .to({needs!r}), or let elmo_fast choose (no {source})")
             hint = _ext.INSTALL_HINT if requested in ("cpp", "cuda") else "pip install triton (GPU, or TRITON_INTERPRET=1 on CPU)"
-            raise RuntimeError(f"backend {requested!r} (from {source}) cannot run on {device.type} here; install it ({hint}) "
+            raise BackendUnavailableError(f"backend {requested!r} (from {source}) cannot run on {device.type} here; install it ({hint}) "
                                f"or let elmo_fast choose (no {source})")
         return requested
     order = ("cuda", "triton", "cpp", "torch") if device.type == "cuda" else ("cpp", "triton", "torch")

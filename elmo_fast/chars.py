@@ -113,9 +113,9 @@ def batch_to_ids(batch: Iterable[Iterable[str]]) -> torch.Tensor:
     batch = _as_sentences(batch)
     lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
     flat = list(itertools.chain.from_iterable(batch))
-    bad = next((t for t in flat if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"tokens must be str, got {type(bad).__name__} ({bad!r})")
+    bad = [t for t in flat if not isinstance(t, str)][:1]  # a list: the bad token may itself be None
+    if bad:
+        raise TypeError(f"tokens must be str, got {type(bad[0]).__name__} ({bad[0]!r})")
     ids = tokens_to_char_ids(flat)
     t_max = int(lengths.max())
     out = np.zeros((len(batch), t_max, MAX_CHARS_PER_TOKEN), dtype=np.int64)

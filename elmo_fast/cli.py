@@ -26,10 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._backend import BackendUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # user errors: one clear line, no traceback
+    # user errors: one clear line, no traceback (a bad path, a bad value, a backend not available here)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError, ValueError,
+            BackendUnavailableError) as e:
         print(f"elmo-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

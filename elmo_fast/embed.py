@@ -94,10 +94,11 @@ def embed_sentences(elmo, sentences: list[list[str]], layers: str = "all", batch
 
 def read_sentences(path: str, tokenize: bool = False) -> tuple[list[str], list[list[str]]]:
     """Lines of `path` (stripped) and their tokens (whitespace split, or `elmo_fast.tokenizer` if `tokenize`)."""
+    from .utils import read_utf8_lines
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"input file {path!r} does not exist (expected one sentence per line)")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
+    lines = [line.strip() for line in read_utf8_lines(path, "input file")]
     while lines and not lines[-1]:
         lines.pop()
     for n, line in enumerate(lines, start=1):
@@ -122,6 +123,7 @@ def embed_file(input_path: str, output_path: str, elmo, layers: str = "all", bat
     from .utils import atomic_path
 
     lines, tokens = read_sentences(input_path, tokenize)
+    _check_output_path(output_path)  # before the work, not after it
     vecs = embed_sentences(elmo, tokens, layers, batch_size, backend, device, progress)
     with atomic_path(output_path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -129,6 +131,17 @@ def embed_file(input_path: str, output_path: str, elmo, layers: str = "all", bat
                 f.create_dataset(str(i), data=v)
             f.create_dataset("sentence_to_index", data=json.dumps({s: str(i) for i, s in enumerate(lines)}))
     return len(lines)
+
+
+def _check_output_path(path) -> None:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"output {path!r} is a folder; pass the HDF5 file to write, e.g. {os.path.join(path, 'embeddings.hdf5')!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write {path!r}: {parent!r} is not a writable folder")
 
 
 def add_parser(subparsers) -> None:
@@ -148,7 +161,9 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .utils import resolve_device
+
+    device = resolve_device(args.device)
     n = embed_file(args.input, args.output, args.elmo, args.layers, args.batch_size, args.tokenize, args.backend, device,
                    progress=not args.no_progress)
     print(f"wrote {n} sentences to {args.output}")

@@ -106,6 +106,7 @@ def validate_options(opts: Any, where: str = "options") -> None:
     if unknown_top:
         logger.warning("%s: ignoring unknown top-level option(s) %s", where, sorted(unknown_top))
     cnn, lstm = opts["char_cnn"], opts["lstm"]
+    _check_types(opts, where)
     if cnn["activation"] not in ("relu", "tanh"):
         raise OptionsError(f"{where}: char_cnn.activation must be 'relu' or 'tanh', got {cnn['activation']!r}")
     if cnn["max_characters_per_token"] != 50:
@@ -122,6 +123,41 @@ def validate_options(opts: Any, where: str = "options") -> None:
     if not lstm.get("use_skip_connections", True) and lstm["n_layers"] > 1:
         # AllenNLP's ElmoLstm always adds the residual; a file saying otherwise would be silently wrong.
         raise OptionsError(f"{where}: use_skip_connections=false is not supported (AllenNLP's ELMo always uses them)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true would pass as the int 1
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(opts: dict, where: str) -> None:
+    """Types and ranges, so a wrong value is named here instead of failing inside torch (or, like
+    n_highway = -1 or n_layers = true, loading a file that it silently half-reads)."""
+    cnn, lstm = opts["char_cnn"], opts["lstm"]
+
+    def need(ok: bool, key: str, value, expected: str) -> None:
+        if not ok:
+            raise OptionsError(f"{where}: {key} must be {expected}, got {value!r}")
+
+    for key in ("projection_dim", "dim", "n_layers"):
+        need(_is_int(lstm[key]) and lstm[key] >= 1, f"lstm.{key}", lstm[key], "an integer >= 1")
+    for key in ("cell_clip", "proj_clip"):
+        if lstm.get(key) is not None:
+            need(_is_number(lstm[key]) and lstm[key] >= 0, f"lstm.{key}", lstm[key], "a number >= 0 (0 or null: no clip)")
+    if "use_skip_connections" in lstm:
+        need(isinstance(lstm["use_skip_connections"], bool), "lstm.use_skip_connections", lstm["use_skip_connections"], "true or false")
+    need(_is_int(cnn["n_highway"]) and cnn["n_highway"] >= 0, "char_cnn.n_highway", cnn["n_highway"], "an integer >= 0")
+    need(isinstance(cnn["embedding"], dict) and _is_int(cnn["embedding"].get("dim")) and cnn["embedding"]["dim"] >= 1,
+         "char_cnn.embedding", cnn["embedding"], 'an object like {"dim": 16}')
+    for key in ("n_characters", "max_characters_per_token"):
+        need(_is_int(cnn[key]), f"char_cnn.{key}", cnn[key], "an integer")
+    need(isinstance(cnn["activation"], str), "char_cnn.activation", cnn["activation"], "'relu' or 'tanh'")
+    filters = cnn["filters"]
+    need(isinstance(filters, list) and all(isinstance(f, (list, tuple)) and all(_is_int(v) for v in f) for f in filters),
+         "char_cnn.filters", filters, "a list of [width, count] integer pairs")
 
 
 def n_filters(opts: dict) -> int:

@@ -1,15 +1,21 @@
-"""Small shared helpers: atomic writes (no half-written file is ever left under the final name)."""
+"""Small shared helpers: atomic writes (no half-written file is ever left under the final name),
+URL and ~ paths, UTF-8 text files, device names."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; on success it is fsynced and renamed over `path`."""
+    """Yield a temporary path next to `path`; on success it is fsynced and renamed over `path`
+    (which gets the umask's permissions, or keeps those of the file it replaces)."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -19,11 +25,34 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file owner-only (0600); give it the mode an ordinary open() would (the
+        # umask's), or keep the mode of the file it replaces, so shared model folders stay readable.
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(d)  # the rename itself survives a power loss only once the folder is synced
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -69,3 +98,46 @@ def resolve_file(path, what: str = "file") -> str:
             f"yourself and pass the local path (downloads are cached in {cache_dir()}, set by ELMO_FAST_CACHE)"
         ) from None
     return local
+
+
+def read_utf8_lines(path, what: str = "text file") -> list[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark dropped); a file in another
+    encoding is a ValueError naming the file and line, not a bare codec error."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a folder; pass a file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); save the {what} as UTF-8") from None
+    return text.splitlines()
+
+
+def resolve_device(device) -> torch.device:
+    """`device` (a name such as 'cpu', 'cuda', 'cuda:1', or None for cuda when available) checked
+    up front, so a typo or a missing GPU is one clear ValueError instead of a failure deep in a run."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use e.g. cpu, cuda or cuda:1") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available to this torch ({torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif dev.type == "meta":
+        raise ValueError(f"device {device!r} holds no data; use cpu or cuda")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except Exception as e:  # noqa: BLE001  (each device type fails in its own way)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"device {device!r} is not usable here ({first}); use cpu or cuda") from None
+    return dev

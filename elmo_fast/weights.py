@@ -70,18 +70,37 @@ def load_char_encoder_weights(enc, path) -> None:
         except Exception as e:
             raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
         prefix = "_token_embedder."
+        for k, v in state.items():
+            if k.startswith(prefix) and v.is_floating_point():
+                _check_finite(v, path, f"tensor {k!r}")
         enc.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     else:
         raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
 
 
 def _dataset(f, name: str, shape: tuple, path: str, option_hint: str) -> np.ndarray:
+    import h5py
+
     if name not in f:
         raise WeightFileError(f"{path}: missing HDF5 dataset {name!r} ({option_hint}); the file does not match the options")
-    data = f[name][...]
+    node = f[name]
+    if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "fiu":
+        what = "a group" if not isinstance(node, h5py.Dataset) else f"of type {node.dtype}"
+        raise WeightFileError(f"{path}: {name!r} is {what}, not a numeric dataset; is this an ELMo weights.hdf5?")
+    data = node[...]
     if tuple(data.shape) != tuple(shape):
         raise WeightFileError(f"{path}: dataset {name!r} has shape {tuple(data.shape)} but the options imply {tuple(shape)} ({option_hint})")
-    return np.asarray(data, dtype=np.float32)
+    data = np.asarray(data, dtype=np.float32)
+    _check_finite(data, path, f"dataset {name!r}")
+    return data
+
+
+def _check_finite(data, path: str, what: str) -> None:
+    # A NaN/Inf weight makes every output NaN; say so at load time, naming where it is.
+    finite = torch.isfinite(data).all() if isinstance(data, torch.Tensor) else np.isfinite(data).all()
+    if not finite:
+        raise WeightFileError(f"{path}: {what} holds NaN or Inf values: the file is corrupt or comes from a diverged "
+                              "training run; use an earlier checkpoint or re-export the weights")
 
 
 def _open_hdf5(path: str):
@@ -214,6 +233,17 @@ def export_elmo(bilm, out_dir) -> tuple[str, str]:
 
     os.makedirs(out_dir, exist_ok=True)
     opt_path, w_path = os.path.join(out_dir, "options.json"), os.path.join(out_dir, "weights.hdf5")
+    # Each file is written atomically, the pair is not: remove options that do not describe these
+    # weights first, so an export stopped between the two leaves a missing options.json (a clear
+    # error) rather than old options next to new weights (a shape mismatch, or a wrong model).
+    if os.path.exists(opt_path):
+        try:
+            with open(opt_path, encoding="utf-8") as f:
+                stale = json.load(f) != bilm.options
+        except (OSError, ValueError):
+            stale = True
+        if stale:
+            os.unlink(opt_path)
     save_hdf5(bilm, w_path)
     save_options(bilm.options, opt_path)
     return opt_path, w_path
@@ -249,7 +279,10 @@ def read_checkpoint_options(path) -> dict:
         raise WeightFileError(f"{path}: corrupt or truncated safetensors checkpoint ({e})") from None
     if meta.get("format") != "elmo_fast" or "options" not in meta:
         raise WeightFileError(f"{path}: a safetensors file, but not an elmo_fast checkpoint (no options in its metadata)")
-    opts = json.loads(meta["options"])
+    try:
+        opts = json.loads(meta["options"])
+    except json.JSONDecodeError as e:
+        raise WeightFileError(f"{path}: corrupt checkpoint: the options in its metadata are not valid JSON ({e})") from None
     validate_options(opts, path)
     return opts
 
@@ -264,6 +297,9 @@ def load_checkpoint_into(bilm, path) -> None:
         state = load_file(os.fspath(path))
     except Exception as e:
         raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
+    for k, v in state.items():
+        if v.is_floating_point():
+            _check_finite(v, path, f"tensor {k!r}")
     own = bilm.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)
     if missing or unexpected:

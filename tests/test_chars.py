@@ -63,7 +63,7 @@ def test_any_iterable_of_tokens_is_accepted():
 
 @pytest.mark.parametrize("bad,err", [([], ValueError), ("a sentence", TypeError), (["a sentence"], TypeError),
                                      ([["ok", 3]], TypeError), (None, TypeError), ((s for s in []), ValueError),
-                                     ([b"bytes"], TypeError), ([7], TypeError)])
+                                     ([b"bytes"], TypeError), ([7], TypeError), ([["a", None]], TypeError)])
 def test_bad_input_gives_clear_error(bad, err):
     with pytest.raises(err):
         batch_to_ids(bad)

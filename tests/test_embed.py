@@ -109,3 +109,41 @@ def test_embed_errors(elmo_dir, tmp_path, capsys):
         embed_sentences(elmo_dir, [["a"]], layers="bottom")
     with pytest.raises(ValueError, match="sentence 1 is empty"):
         embed_sentences(elmo_dir, [["a"], []])
+
+
+def test_embed_input_and_output_problems_are_named_before_the_work(elmo_dir, tmp_path, capsys, monkeypatch):
+    import elmo_fast.embed as embed_mod
+
+    ran = []
+    monkeypatch.setattr(embed_mod, "embed_sentences", lambda *a, **k: ran.append(1) or [])
+    good = tmp_path / "good.txt"
+    good.write_text("one sentence\n")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("fine line\ncaf\xe9 au lait\n".encode("latin-1"))
+    cases = [
+        (["--input", str(latin), "--output", str(tmp_path / "o.hdf5")], "latin1.txt: line 2 is not UTF-8 text"),
+        (["--input", str(tmp_path), "--output", str(tmp_path / "o.hdf5")], "is a folder; pass a file"),
+        (["--input", str(good), "--output", str(tmp_path)], "is a folder; pass the HDF5 file"),  # was: after all the work
+        (["--input", str(good), "--output", str(tmp_path / "o.hdf5"), "--device", "gpu0"], "unknown device 'gpu0'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--input", str(good), "--output", str(tmp_path / "o.hdf5"), "--device", "cuda"], "no CUDA GPU"))
+    for args, message in cases:
+        rc = cli_main(["embed", *args, "--elmo", elmo_dir, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, (args, err)
+    assert ran == []
+    monkeypatch.undo()
+    if not torch.cuda.is_available():  # a backend this machine lacks: one line, not a 14-frame traceback
+        rc = cli_main(["embed", "--input", str(good), "--output", str(tmp_path / "o.hdf5"), "--elmo", elmo_dir,
+                       "--no-progress", "--backend", "cuda"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "backend 'cuda'" in err and "Traceback" not in err, err
+
+
+def test_byte_order_mark_is_not_part_of_the_first_token(tmp_path):
+    from elmo_fast.embed import read_sentences
+
+    p = tmp_path / "bom.txt"
+    p.write_bytes("\ufeffHello world\n".encode("utf-8"))
+    assert read_sentences(str(p))[1] == [["Hello", "world"]]

@@ -90,6 +90,52 @@ def test_not_hdf5_and_corrupt_checkpoint(files):
         ElmoBiLm(opts, str(d / "nope.hdf5"))
 
 
+def test_non_finite_and_malformed_weights_are_named(files):
+    """A NaN weight used to load without a word (every output NaN); so did a garbled checkpoint."""
+    d, opts, weights = files
+    bad = dict(weights)
+    bad["CNN_proj/W_proj"] = weights["CNN_proj/W_proj"].copy()
+    bad["CNN_proj/W_proj"][1, 2] = np.nan
+    write_hdf5(d / "nan.hdf5", bad)
+    with pytest.raises(WeightFileError, match=r"'CNN_proj/W_proj' holds NaN or Inf"):
+        ElmoBiLm(opts, str(d / "nan.hdf5"))
+    with h5py.File(d / "group.hdf5", "w") as f:  # a group where a dataset belongs
+        for k, v in weights.items():
+            if k != "char_embed":
+                f[k] = v
+        f.create_group("char_embed")
+    with pytest.raises(WeightFileError, match="'char_embed' is a group"):
+        ElmoBiLm(opts, str(d / "group.hdf5"))
+
+    bilm = ElmoBiLm(opts)
+    with torch.no_grad():
+        bilm._token_embedder._projection.bias[0] = float("inf")
+    save_checkpoint(bilm, d / "inf.safetensors")
+    with pytest.raises(WeightFileError, match="_projection.bias' holds NaN or Inf"):
+        ElmoBiLm(opts, str(d / "inf.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(d / "meta.safetensors"), metadata={"format": "elmo_fast", "options": "{not json"})
+    with pytest.raises(WeightFileError, match="not valid JSON"):
+        ElmoBiLm(opts, str(d / "meta.safetensors"))
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("lstm", "n_layers", "2", "lstm.n_layers must be an integer >= 1"),
+    ("lstm", "n_layers", True, "lstm.n_layers must be an integer >= 1"),  # loaded a 2-layer file as 1 layer
+    ("lstm", "dim", 256.0, "lstm.dim must be an integer"),
+    ("lstm", "cell_clip", "3", "lstm.cell_clip must be a number"),
+    ("char_cnn", "n_highway", -1, "char_cnn.n_highway must be an integer >= 0"),  # ignored the file's highway
+    ("char_cnn", "embedding", 16, "char_cnn.embedding must be an object"),
+    ("char_cnn", "filters", [[1, "32"]], "char_cnn.filters must be a list of"),
+])
+def test_option_types_are_checked(section, key, value, message):
+    bad = json.loads(json.dumps(small_options()))
+    bad[section][key] = value
+    with pytest.raises(OptionsError, match=message):
+        load_options(bad)
+
+
 def test_checkpoint_with_other_options_is_refused(files):
     d, opts, _ = files
     save_checkpoint(ElmoBiLm(opts), d / "m.safetensors")
@@ -163,3 +209,19 @@ def test_urls_and_home_paths_are_accepted(files, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     tilde = Elmo("~/elmo/options.json", "~/elmo/weights.hdf5", 1, dropout=0.0, stateful=False)
     torch.testing.assert_close(tilde(ids)["elmo_representations"][0], local(ids)["elmo_representations"][0], rtol=0, atol=0)
+
+
+def test_export_stopped_between_the_files_leaves_no_mismatched_pair(files, tmp_path, monkeypatch):
+    """weights.hdf5 and options.json are each atomic, not as a pair: an export stopped between them
+    must not leave an older run's options.json next to the new weights."""
+    import elmo_fast.options as options_mod
+    from elmo_fast import export_elmo
+
+    d, opts, _ = files
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "options.json").write_text(json.dumps(small_options(dim=28)))  # a previous, different model
+    monkeypatch.setattr(options_mod, "save_options", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        export_elmo(ElmoBiLm(opts), out)
+    assert (out / "weights.hdf5").exists() and not (out / "options.json").exists()

@@ -85,6 +85,9 @@ class Elmo(nn.Module):
 
     def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict:
         """inputs: char ids `[B, T, 50]` (or `[..., T, 50]`); word_inputs: `[B, T]` ids into the cached vocabulary."""
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"Elmo takes a tensor of character ids, got {type(inputs).__name__}: convert tokenized "
+                            "sentences with batch_to_ids(sentences) first")
         if inputs.dim() < 3 or inputs.shape[-1] != 50:
             raise ValueError(f"inputs must be character ids [batch, tokens, 50] from batch_to_ids, got shape {tuple(inputs.shape)}")
         if inputs.shape[:-2].numel() == 0:

@@ -266,6 +266,8 @@ def test_int32_char_ids_are_accepted(model_files):
     torch.testing.assert_close(elmo(ids.int())["elmo_representations"][0], expected, rtol=0, atol=0)
     with pytest.raises(TypeError, match="integer"):
         elmo(ids.float())
+    with pytest.raises(TypeError, match="batch_to_ids"):
+        elmo([["a", "list"], ["of", "tokens"]])
 
 
 def test_higher_rank_inputs_are_reshaped(model_files):

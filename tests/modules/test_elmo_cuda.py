@@ -84,3 +84,16 @@ def test_elmo_under_bf16_autocast_on_gpu(model_files, backend, monkeypatch):
     for (name, p), q in zip(ref.named_parameters(), gpu.parameters()):
         if p.grad is not None:
             assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name
+
+
+def test_cached_vocabulary_moves_to_the_gpu(model_files, exact_fp32):
+    """vocab_to_cache built on the CPU, then .cuda(): the boundary vectors are buffers and follow
+    (as plain attributes they stayed on the CPU and the eos write mixed devices)."""
+    vocab = ["@@PADDING@@", "The", "cat", "sat"]
+    ids = batch_to_ids([["The", "cat", "sat"], ["cat"]])
+    words = torch.tensor([[1, 2, 3], [2, 0, 0]])
+    ref = Elmo(*model_files, 1, dropout=0.0, vocab_to_cache=vocab, stateful=False, backend="torch")
+    gpu = Elmo(*model_files, 1, dropout=0.0, vocab_to_cache=vocab, stateful=False).cuda()
+    assert gpu._elmo_lstm._bos_embedding.is_cuda
+    assert_close("cached vocabulary on the GPU", ref(ids, words)["elmo_representations"][0],
+                 gpu(ids.cuda(), words.cuda())["elmo_representations"][0].cpu(), 2e-4, 2e-4)

@@ -78,7 +78,7 @@ def _char_cnn_fwd_kernel(
             acc = tl.dot(x, w)
         # strict: the first maximum wins, like torch.max; so does the first NaN (torch.max
         # propagates it; a plain `acc > best` never takes a NaN and would hide a diverged weight)
-        better = (acc > best) | ((acc != acc) & (best == best))
+        better = (acc > best) | ((acc != acc) & (best == best))  # noqa: PLR0124  (x != x: NaN)
         best = tl.where(better, acc, best)
         best_at = tl.where(better, p, best_at)
     pre = best + tl.load(b_ptr + offs_f, mask=f_mask, other=0.0).to(best.dtype)[None, :]
