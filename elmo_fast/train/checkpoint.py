@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import torch
 
@@ -14,6 +15,10 @@ from ..utils import atomic_path
 FORMAT = "elmo_fast.pretrain"
 VERSION = 1
 NAME = "checkpoint.pt"
+#: How much of each end of a training file `data_identity` hashes.
+_SAMPLE = 1 << 20
+# The temporary names utils.atomic_path gives the files pretrain writes (mkstemp: "." + name + "." + random + ".tmp").
+_TMP = re.compile(r"\.(?:checkpoint\.pt|vocab\.txt|metrics\.json|options\.json|weights\.hdf5)\.[A-Za-z0-9_]+\.tmp")
 
 
 class CheckpointError(ValueError):
@@ -22,6 +27,38 @@ class CheckpointError(ValueError):
 
 def vocab_digest(words: list[str]) -> str:
     return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+
+
+def data_identity(paths) -> list[dict]:
+    """Name, size and a hash of the first and last MiB of each training file: the same text under
+    another spelling of its path (another working directory, an absolute path, a copy on scratch
+    space) resumes; other text of the same name and size does not, and only 2 MiB a file is read."""
+    out = []
+    for p in paths:
+        size = os.path.getsize(p)
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            h.update(f.read(_SAMPLE))
+            if size > _SAMPLE:
+                f.seek(max(_SAMPLE, size - _SAMPLE))
+                h.update(f.read(_SAMPLE))
+        out.append({"name": os.path.basename(p), "size": size, "sha256_ends": h.hexdigest()})
+    return out
+
+
+def remove_stale_temporaries(out_dir) -> list[str]:
+    """Delete the temporary files a killed run left in `out_dir` (SIGKILL during an atomic write
+    gives its cleanup no chance); only names of the pattern this package's own writes use."""
+    removed = []
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if _TMP.fullmatch(name) and os.path.isfile(path):
+            try:
+                os.unlink(path)
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def save(path, payload: dict) -> None:
@@ -52,10 +89,33 @@ def load(path) -> dict:
 def check_compatible(ckpt: dict, expected: dict, path) -> None:
     """Refuse a checkpoint whose run-defining settings differ from this run's."""
     theirs = ckpt.get("signature", {})
-    diffs = {k: (theirs.get(k), v) for k, v in expected.items() if theirs.get(k) != v}
+    _check_data(theirs, expected["train_files"], path)
+    # the training files are compared by content above: their names may differ
+    diffs = {k: (theirs.get(k), v) for k, v in expected.items()
+             if k not in ("train", "train_files") and theirs.get(k) != v}
     if diffs:
         details = "; ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(
             f"checkpoint {path} does not match this run ({details}); resume with the same config, data, "
             "vocabulary and global batch size, or use a fresh --out directory"
+        )
+
+
+def _check_data(theirs: dict, files: list[dict], path) -> None:
+    old = theirs.get("train_files")
+    if old is not None:
+        same = [(f["size"], f["sha256_ends"]) for f in old] == [(f["size"], f["sha256_ends"]) for f in files]
+        was = ", ".join(f"{f['name']} ({f['size']:,} bytes)" for f in old)
+    else:
+        # a checkpoint from before train_files holds only the names (LMBatcher.load_state still
+        # compares the sizes)
+        old = theirs.get("train") or []
+        same = list(old) == [f["name"] for f in files]
+        was = ", ".join(old)
+    if not same:
+        now = ", ".join(f"{f['name']} ({f['size']:,} bytes)" for f in files)
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other data ({was}) than this run's --train ({now}); resume with the "
+            "same training files, with the same content and in the same order (their paths may differ), or start "
+            "a new run in another --out (or replace this one with --overwrite)"
         )

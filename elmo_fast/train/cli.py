@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-time", type=float, default=None, help="seconds of training (evaluation included)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per process (global batch = this x processes)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run (checkpoint.pt, weights.hdf5) already in OUT; without it (or --resume) such an OUT is refused")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default=None, choices=["torch", "cpp", "triton", "cuda"], help="kernel backend (default: fastest)")
     p.add_argument("--optimizer", choices=["adagrad", "adam"], default=None)
@@ -45,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
     extra = {k: getattr(args, k) for k in ("optimizer", "lr", "n_negative", "dropout", "min_count", "max_vocab",
                                            "eval_every", "checkpoint_every", "device") if getattr(args, k) is not None}
     if args.eval_max_tokens is not None:
+        if args.eval_max_tokens < 0:
+            raise ValueError(f"--eval-max-tokens must be >= 0 (0: all), got {args.eval_max_tokens}")
         extra["eval_max_tokens"] = args.eval_max_tokens or None
     result = pretrain(args.train, args.valid, args.config, args.out, max_steps=args.max_steps, max_time=args.max_time,
-                      batch_size=args.batch_size, resume=args.resume, seed=args.seed, progress=not args.no_progress,
-                      backend=args.backend, **extra)
+                      batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+                      progress=not args.no_progress, backend=args.backend, **extra)
     if int(os.environ.get("RANK", "0")) == 0:
         ppl = result["valid_perplexity"]
         print(f"steps {result['steps']}, train tokens/s {result['train_tokens_per_s']:.0f}")

@@ -16,6 +16,7 @@ exactly the batches of a 1-process run with twice the batch size.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import os
 from dataclasses import dataclass
@@ -46,6 +47,31 @@ def as_paths(paths) -> list[str]:
     if sum(os.path.getsize(p) for p in out) == 0 or not any(_has_tokens(p) for p in out):
         raise ValueError(f"data file(s) {out} contain no tokens (expected one tokenized sentence per line)")
     return out
+
+
+def check_utf8(path: str) -> None:
+    """Raise a ValueError naming the file and line when `path` is not UTF-8 text (streamed)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, newlines = 0, 0  # bytes read so far, and the newlines among them
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            pending = decoder.getstate()[0]  # an unfinished character from the previous chunk (never a newline)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                bad = offset - len(pending) + e.start
+                line = newlines + chunk[: max(bad - offset, 0)].count(b"\n") + 1
+                byte = (pending + chunk)[e.start]
+                raise ValueError(
+                    f"{path}, line {line:,}: not UTF-8 text (byte 0x{byte:02x} at offset {bad:,}); training and validation "
+                    "files must be UTF-8 text with one tokenized sentence per line (convert them, e.g. "
+                    "`iconv -f latin1 -t utf-8`)"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
 
 
 def _has_tokens(path: str) -> bool:
@@ -85,9 +111,13 @@ class Vocabulary:
         at most `max_size` entries including the three special tokens."""
         counts: collections.Counter = collections.Counter()
         for p in as_paths(paths):
-            with open(p, encoding="utf-8") as f:
-                for line in f:
-                    counts.update(line.split())
+            try:
+                with open(p, encoding="utf-8") as f:
+                    for line in f:
+                        counts.update(line.split())
+            except UnicodeDecodeError:
+                check_utf8(p)  # the same error, with the file and line named
+                raise
         for s in SPECIALS:
             counts.pop(s, None)
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
@@ -323,10 +353,15 @@ class LMBatcher:
                 "fwd": [s.state() for s in self.fwd], "bwd": [s.state() for s in self.bwd]}
 
     def load_state(self, state: dict) -> None:
-        mine = {"rows": self.B * self.world, "unroll": self.T, "paths": self.paths, "sizes": self.corpus.sizes}
+        # Not the paths: the same files may be spelled differently (another working directory);
+        # pretrain compares the files themselves (checkpoint.data_identity).
+        mine = {"rows": self.B * self.world, "unroll": self.T, "sizes": self.corpus.sizes}
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
-            raise ValueError(f"checkpoint data position is for {theirs}, but this run has {mine}")
+            raise ValueError(
+                f"checkpoint data position is for {theirs}, but this run has {mine} (rows: global batch size, "
+                "sizes: bytes of each training file); resume with the same training files and batch size"
+            )
         for s, st in zip(self.fwd + self.bwd, state["fwd"] + state["bwd"]):
             s.load_state(st)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import time
@@ -13,14 +14,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..options import PRESETS, load_options, save_options
+from ..options import PRESETS, load_options
+from ..utils import resolve_device
 from ..weights import export_elmo
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
-from .data import LMBatcher, Vocabulary, as_paths
+from .data import LMBatcher, Vocabulary, as_paths, check_utf8
 from .model import BidirectionalLM
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or the weights) became NaN or infinite; nothing of the diverged model was saved.
+    A ValueError, so `elmo-fast` reports it in one line: its usual causes are settings."""
+
+
+_DIVERGED_HINT = ("training diverged and nothing of it was saved (out_dir keeps the last good checkpoint, if any); "
+                  "lower the learning rate (--lr) or clip gradients harder (clip_norm) and --resume, or start over")
 
 #: Training settings (bilm-tf's names where it has one). Per-preset overrides below; any of them can
 #: be passed to `pretrain(**kwargs)`.
@@ -76,7 +87,90 @@ def _config(config, kwargs: dict) -> tuple[dict, dict]:
     settings.update({k: v for k, v in kwargs.items() if v is not None or k in ("max_vocab", "eval_max_tokens")})
     if settings["optimizer"] not in ("adagrad", "adam"):
         raise ValueError(f"optimizer must be 'adagrad' or 'adam', got {settings['optimizer']!r}")
+    _check_settings(settings)
     return options, settings
+
+
+def _bad(name: str, value, need: str) -> ValueError:
+    return ValueError(f"{name} (--{name.replace('_', '-')}) must be {need}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int, need: str | None = None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise _bad(name, value, need or f"an integer >= {low}")
+
+
+def _check_real(name: str, value, low: float, strict: bool, need: str) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise _bad(name, value, need)
+
+
+def _check_settings(settings: dict) -> None:
+    """Refuse values that make no sense before anything runs: n_negative=0 made every loss NaN,
+    and eval_every=-1 evaluated after every step, all without an error."""
+    for name in ("batch_size", "unroll", "n_negative", "eval_batch_size"):
+        _check_int(name, settings[name], 1)
+    _check_int("min_count", settings["min_count"], 1, "an integer >= 1 (1 keeps every word)")
+    _check_int("max_vocab", settings["max_vocab"], 4, "None or an integer >= 4 (<S>, </S>, <UNK> and a word)", True)
+    for name in ("eval_every", "checkpoint_every"):
+        _check_int(name, settings[name], 0, "an integer >= 0 (0: only at the end)")
+    _check_int("eval_max_tokens", settings["eval_max_tokens"], 1, "None (all) or an integer >= 1", True)
+    _check_real("lr", settings["lr"], 0.0, True, "a number > 0")
+    _check_real("dropout", settings["dropout"], 0.0, False, "a number in [0, 1)")
+    if settings["dropout"] >= 1:
+        raise _bad("dropout", settings["dropout"], "a number in [0, 1)")
+    if settings["clip_norm"] is not None:
+        _check_real("clip_norm", settings["clip_norm"], 0.0, False, "None, 0 (no clipping) or a number > 0")
+    if settings["device"] is not None and not isinstance(settings["device"], (str, torch.device)):
+        raise _bad("device", settings["device"], "None, 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _check_limits(max_steps, max_time) -> None:
+    if max_steps is None and max_time is None:
+        raise ValueError("give max_steps and/or max_time (seconds), otherwise pretraining never stops")
+    _check_int("max_steps", max_steps, 1, "None or an integer >= 1", True)
+    if max_time is not None:
+        _check_real("max_time", max_time, 0.0, True, "None or a number of seconds > 0")
+
+
+def _check_backend(backend, device: torch.device) -> None:
+    """Refuse a kernel backend (the argument or $ELMO_FAST_BACKEND) that cannot run on `device`
+    before anything is written; otherwise the first training step fails with a traceback."""
+    from .._backend import BACKENDS, ENV, available_backends, backend_available
+
+    source = "--backend" if backend else ENV
+    requested = backend or os.environ.get(ENV) or None
+    if requested is None:
+        return
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {requested!r} (from {source}); choose one of {BACKENDS}")
+    if not backend_available(requested, device):
+        drop = "leave --backend out" if backend else f"unset {ENV}"
+        raise ValueError(f"kernel backend {requested!r} (from {source}) cannot run on {device.type} here; "
+                         f"available: {available_backends(device)} (or {drop}: the fastest is chosen)")
+
+
+def _check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written, or that holds a run this one would silently replace."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir!r} is a file, not a directory")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir!r}: cannot write to {existing!r}")
+    if overwrite:
+        return
+    ckpt = os.path.exists(os.path.join(out_dir, ckpt_io.NAME))
+    held = [n for n in (ckpt_io.NAME, "weights.hdf5") if os.path.exists(os.path.join(out_dir, n))]
+    if held and not (resume and ckpt):
+        what = "a pretraining run" if ckpt else "an ELMo"
+        hint = ("pass --resume (resume=True) to continue it, " if ckpt else "") + \
+            "--overwrite (overwrite=True) to replace it, or choose another --out"
+        raise ValueError(f"{out_dir} already holds {what} ({', '.join(held)}); {hint}")
 
 
 def _make_optimizer(params, settings: dict) -> torch.optim.Optimizer:
@@ -147,7 +241,7 @@ def evaluate(model: BidirectionalLM, paths, vocab: Vocabulary, batch_size: int =
 
 
 def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_steps=None, max_time=None,
-             batch_size=None, resume=False, seed=0, progress=True, backend=None, **kwargs) -> dict:
+             batch_size=None, resume=False, overwrite=False, seed=0, progress=True, backend=None, **kwargs) -> dict:
     """Pretrain a bidirectional LM and export it in the published ELMo layout.
 
     Args:
@@ -160,9 +254,16 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
             max_time; the final evaluation and the export come after it.
         batch_size: rows per process (the global batch is batch_size * world size).
         resume: continue from out_dir/checkpoint.pt (same config, data and global batch).
+        overwrite: replace the run (or ELMo) already in out_dir; without it (or `resume`), pretrain
+            refuses an out_dir that holds a checkpoint.pt or weights.hdf5.
         seed: seeds initialisation, dropout and the negative sampler.
         backend: kernel backend for both ops ('torch' = eager reference; None = fastest available).
         **kwargs: any key of `TRAIN_DEFAULTS` (optimizer, lr, n_negative, dropout, clip_norm, ...).
+
+    Everything is checked before anything is written to out_dir; options.json and weights.hdf5 are
+    written together at the end, so a refused or failed run leaves a previous export loadable.
+    Raises `TrainingDiverged` (a ValueError) when the loss becomes NaN or infinite; the last
+    checkpoint is then the last good one.
 
     Returns:
         {'valid_perplexity', 'forward_perplexity', 'backward_perplexity', 'train_tokens_per_s',
@@ -171,14 +272,21 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
     Example:
         >>> pretrain("train.txt", "valid.txt", "tiny", "runs/tiny", max_time=600)["valid_perplexity"]
     """
-    if max_steps is None and max_time is None:
-        raise ValueError("give max_steps and/or max_time (seconds), otherwise pretraining never stops")
+    _check_limits(max_steps, max_time)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: --resume continues the run in --out, --overwrite replaces it")
     options, settings = _config(config, {**kwargs, "batch_size": batch_size})
     train_paths = as_paths(train)
     valid_paths = as_paths(valid) if valid is not None else None
-    info = dist_utils.setup(settings["device"])
+    for p in valid_paths or ():
+        check_utf8(p)  # evaluation would only meet a bad byte after training, or never (eval_max_tokens)
+    device = resolve_device(settings["device"])
+    _check_backend(backend, device)
+    out_dir = os.fspath(out_dir)
+    _check_out_dir(out_dir, resume, overwrite)
+    info = dist_utils.setup(str(device))
     try:
-        return _pretrain(train_paths, valid_paths, options, settings, os.fspath(out_dir), max_steps, max_time,
+        return _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, max_time,
                          resume, seed, progress, backend, info)
     finally:
         dist_utils.teardown(info)
@@ -186,18 +294,22 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
 
 def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, max_time, resume, seed, progress,
               backend, info: dist_utils.DistInfo) -> dict:
-    device_name = settings["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_name.startswith("cuda") and info.enabled:
-        device_name = f"cuda:{info.local_rank}"
-    device = torch.device(device_name)
+    device = resolve_device(settings["device"])
+    if device.type == "cuda" and info.enabled:
+        device = resolve_device(f"cuda:{info.local_rank}")
     amp = _amp_enabled(settings, device)
     if settings["deterministic"]:
         torch.use_deterministic_algorithms(True)
     ckpt_path = os.path.join(out_dir, ckpt_io.NAME)
     vocab_path = os.path.join(out_dir, "vocab.txt")
+    B, T = settings["batch_size"], settings["unroll"]
+    signature = {"options": options, "global_batch": B * info.world, "unroll": T, "world_size": info.world,
+                 "train": [os.path.basename(p) for p in train_paths], "train_files": ckpt_io.data_identity(train_paths),
+                 "optimizer": settings["optimizer"]}
     ckpt = None
     if resume and os.path.exists(ckpt_path):
         ckpt = ckpt_io.load(ckpt_path)
+        ckpt_io.check_compatible(ckpt, {**signature, "vocab": ckpt_io.vocab_digest(ckpt["vocab"])}, ckpt_path)
     elif resume and info.is_main:
         logger.info("--resume: no checkpoint in %s yet, starting from scratch", out_dir)
 
@@ -209,26 +321,32 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
         if info.is_main:
             vocab = Vocabulary.build(train_paths, settings["min_count"], settings["max_vocab"])
         vocab = Vocabulary(dist_utils.broadcast_object(vocab.words if vocab else None, info))
-    if info.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        vocab.save(vocab_path)
-        save_options(options, os.path.join(out_dir, "options.json"))
+    signature["vocab"] = ckpt_io.vocab_digest(vocab.words)
 
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = BidirectionalLM(options, len(vocab), settings["dropout"], min(settings["n_negative"], len(vocab)), seed,
                             backend).to(device)
     optimizer = _make_optimizer(model.parameters(), settings)
-    B, T = settings["batch_size"], settings["unroll"]
     batcher = LMBatcher(train_paths, vocab, B, T, info.rank, info.world, train=True)
-    signature = {"options": options, "vocab": ckpt_io.vocab_digest(vocab.words), "global_batch": B * info.world,
-                 "unroll": T, "world_size": info.world, "train": [os.path.basename(p) for p in train_paths],
-                 "optimizer": settings["optimizer"]}
+    try:
+        return _train(model, optimizer, batcher, vocab, ckpt, signature, valid_paths, settings, out_dir, max_steps,
+                      max_time, seed, progress, info, device, amp, ckpt_path, vocab_path)
+    finally:
+        batcher.close()
+
+
+def _train(model, optimizer, batcher, vocab, ckpt, signature, valid_paths, settings, out_dir, max_steps, max_time,
+           seed, progress, info, device, amp, ckpt_path, vocab_path) -> dict:
+    T = settings["unroll"]
     step, tokens_seen, elapsed_before, state = 0, 0, 0.0, None
     history: list[dict] = []
     if ckpt is not None:
-        ckpt_io.check_compatible(ckpt, signature, ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        # load_state_dict restores the checkpoint's learning rate; this run's is what was asked for
+        # (the way to continue a diverged run from its last good checkpoint is --resume --lr smaller)
+        for group in optimizer.param_groups:
+            group["lr"] = settings["lr"]
         step, tokens_seen, elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
         history = ckpt.get("history", [])
         mine = ckpt["ranks"][info.rank]
@@ -244,6 +362,18 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
         random.seed(seed + info.rank)
         np.random.seed(seed + info.rank)
 
+    # Only now, with the run known to start, is out_dir touched: options.json comes with the
+    # weights at export, so a refused run never leaves it describing a model it did not write.
+    if info.is_main:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output directory {out_dir!r}: {e.strerror}") from None
+        for name in ckpt_io.remove_stale_temporaries(out_dir):
+            logger.info("removed %s, left in %s by an interrupted write", name, out_dir)
+        vocab.save(vocab_path)
+    dist_utils.barrier(info)
+
     ddp = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -252,6 +382,9 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
     model.train()
 
     def save_checkpoint() -> None:
+        # Without clipping no gradient norm is checked per step: a non-finite update shows here.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+            raise TrainingDiverged(f"step {step}: the model's weights are no longer finite; {_DIVERGED_HINT}")
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         ranks = dist_utils.gather_objects({"data": batcher.state(), "lstm_state": _state_to_cpu(state), "rng": rng}, info)
@@ -300,8 +433,9 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
             loss = (lf / max(n_f, 1.0) + lb / max(n_b, 1.0)) * (0.5 * info.world)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            grad_norm = None
             if settings["clip_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip_norm"])
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip_norm"])
             optimizer.step()
             state = _detach(new_state)
             step += 1
@@ -309,7 +443,14 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
             tokens_seen += n_tok
             tokens_this_run += n_tok
             train_tokens_time += time.perf_counter() - t0
-            lval = dist_utils.all_sum([float(loss.detach())], info, device)[0] / info.world  # the global mean loss
+            # one device sync for both: the loss and the gradient norm (identical on all ranks after DDP)
+            norm = grad_norm if grad_norm is not None else loss.new_zeros(())
+            lval, gval = torch.stack([loss.detach().float(), norm.float()]).tolist()
+            lval = dist_utils.all_sum([lval], info, device)[0] / info.world  # the global mean loss
+            if not (math.isfinite(lval) and math.isfinite(gval)):
+                # Raised before this step's weights can reach a checkpoint or the export.
+                what = f"training loss {lval}" if not math.isfinite(lval) else f"gradient norm {gval}"
+                raise TrainingDiverged(f"step {step}: the {what} is not finite; {_DIVERGED_HINT}")
             loss_ema = lval if loss_ema is None else 0.95 * loss_ema + 0.05 * lval
             if bar is not None:
                 bar.update(1)
@@ -349,5 +490,4 @@ def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, m
 
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     dist_utils.barrier(info)
-    batcher.close()
     return result
