@@ -3,8 +3,6 @@ frozen ELMo and report test accuracy (metrics.json, report.txt, confusion_matrix
 
 from __future__ import annotations
 
-import torch
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("classify", help="train and evaluate a text classifier on ELMo (AG News CSV layout)",
@@ -37,22 +35,38 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from .data import load_csv
-    from .train import classify, load_bilm
+# classify()'s keyword arguments as the command line spells them, for the messages of check_options.
+FLAGS = {"valid_fraction": "--valid-fraction", "max_tokens": "--max-tokens", "encoder": "--encoder", "hidden": "--hidden",
+         "max_epochs": "--epochs", "patience": "--patience", "batch_size": "--batch-size", "lr": "--lr", "dropout": "--dropout",
+         "seed": "--seed", "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr"}
 
+
+def run(args) -> int:
+    from ..utils import resolve_device
+    from .data import load_csv
+    from .train import check_data, check_options, check_out_dir, classify, load_bilm
+
+    # Options, output location and device first: a mistake there must not cost the data loading,
+    # the ELMo features and the training that come before the report is written.
+    options = {"valid_fraction": args.valid_fraction, "max_tokens": args.max_tokens, "encoder": args.encoder, "hidden": args.hidden,
+               "max_epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
+               "dropout": args.dropout, "seed": args.seed, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr}
+    check_options(FLAGS, **options)
+    check_out_dir(args.out)
+    device = resolve_device(args.device)
     train = load_csv(args.train, args.classes)
-    test = load_csv(args.test, args.classes or train.class_names)
-    valid = load_csv(args.valid, args.classes or train.class_names) if args.valid else None
-    if not 0 < args.valid_fraction < 1:
-        raise ValueError(f"--valid-fraction must be between 0 and 1, got {args.valid_fraction}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_data(train)  # a single training class: say so before blaming the test file's labels
+    # Test and validation rows are measured against the training classes: the same classes.txt, or
+    # without one the indices the training data has (so a class it lacks is an error there too).
+    classes = train.classes_file or train.class_names
+    classes_from = None if train.classes_file else (f"the training data {args.train} has class indices 1..{train.num_classes} "
+                                                    "and no classes.txt")
+    test = load_csv(args.test, classes, classes_from=classes_from)
+    valid = load_csv(args.valid, classes, classes_from=classes_from) if args.valid else None
+    check_data(train, test, valid)
     bilm = load_bilm(args.elmo, backend=args.backend, device=device)
-    m = classify(train, test, bilm, args.out, valid=valid, valid_fraction=args.valid_fraction, max_tokens=args.max_tokens,
-                 encoder=args.encoder, hidden=args.hidden, max_epochs=args.epochs, patience=args.patience,
-                 batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed, baseline=not args.no_baseline, bow=args.bow,
-                 finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                 progress=not args.no_progress)
+    m = classify(train, test, bilm, args.out, valid=valid, progress=not args.no_progress, baseline=not args.no_baseline,
+                 bow=args.bow, **options)
     what = "ELMo + bag-of-words" if args.bow else "ELMo"
     print(f"test accuracy ({what}): {m['accuracy']:.4f}  (macro-F1 {m['macro_f1']:.4f}, {m['n_test']} test rows)")
     if "elmo_frozen" in m:

@@ -4,6 +4,8 @@ the whole pipeline: CSV -> tokens -> frozen-ELMo cache -> classifier -> metrics 
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import os
 import time
 
@@ -14,13 +16,102 @@ from torch import nn
 from ..utils import atomic_path
 from .data import LabeledTexts, stratified_split
 from .features import LayerCache, compute_layers, tokenize_documents
-from .model import ElmoClassifierHead
+from .model import ENCODERS, ElmoClassifierHead
+
+# The least integer each option can take. Checked before any work: a zero batch size or epoch count
+# used to fail (or, for max_tokens=0, silently give every document zero tokens) only after the ELMo
+# features of every document had been computed.
+_INT_MIN = {"max_tokens": 1, "hidden": 1, "max_epochs": 1, "patience": 1, "batch_size": 1, "seed": 0, "finetune_epochs": 0}
+_POSITIVE = ("lr", "finetune_lr")
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, batch_size):
         yield order[i : i + batch_size]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_options(names: dict[str, str] | None = None, **options) -> None:
+    """Raise a one-line ValueError for an option value `classify` cannot use.
+
+    `options` are `classify`'s keyword arguments (any of valid_fraction, max_tokens, encoder, hidden,
+    max_epochs, patience, batch_size, lr, dropout, seed, finetune_epochs, finetune_lr); `names` maps
+    them to the caller's spelling (the CLI's --flags) for the message.
+    """
+    names = names or {}
+
+    def bad(key, need):
+        raise ValueError(f"{names.get(key, key)} must be {need}, got {options[key]!r}")
+
+    for key, value in options.items():
+        if key in _INT_MIN:
+            if key == "max_tokens" and value is None:
+                continue
+            if not _is_int(value) or value < _INT_MIN[key]:
+                bad(key, f"an integer >= {_INT_MIN[key]}")
+            if key == "seed" and value >= 2**32:  # scikit-learn's random_state limit
+                bad(key, "below 2**32")
+        elif key in _POSITIVE:
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                bad(key, "a number > 0")
+        elif key == "dropout":
+            if not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                bad(key, "in [0, 1)")
+        elif key == "valid_fraction":
+            # An int is a row count, as stratified_split takes it.
+            if _is_int(value) and value >= 1:
+                continue
+            if _is_int(value) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+                bad(key, "a fraction between 0 and 1 (exclusive)")
+        elif key == "encoder":
+            if value not in ENCODERS:
+                bad(key, f"one of {', '.join(ENCODERS)}")
+        else:
+            raise TypeError(f"check_options() got an unexpected option {key!r}")
+
+
+def check_data(train: LabeledTexts, test: LabeledTexts | None = None, valid: LabeledTexts | None = None) -> None:
+    """Raise a one-line ValueError when the data cannot give a meaningful classifier: fewer than two
+    classes among the training rows, an empty part, or test/validation labels outside the training classes."""
+    k = train.num_classes
+    for what, d in (("training", train), ("test", test), ("validation", valid)):
+        if d is None:
+            continue
+        name = f"the {what} data" + (f" ({d.source})" if d.source else "")
+        if len(d) == 0:
+            raise ValueError(f"{name} has no rows")
+        if d.num_classes != k:
+            raise ValueError(f"the training data has {k} classes but {name} has {d.num_classes}; use the same classes.txt")
+        outside = d.labels[(d.labels < 0) | (d.labels >= k)]
+        if len(outside):
+            raise ValueError(f"{name} has label {int(outside[0])}, outside the {k} training classes (0-based labels 0..{k - 1})")
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise ValueError(f"the training data{f' ({train.source})' if train.source else ''} has rows of a single class "
+                         f"({train.class_names[present[0]]}); a classifier needs rows of at least 2 classes")
+
+
+def check_out_dir(out_dir) -> None:
+    """Raise a one-line ValueError unless `out_dir` is a writable directory or can be created: the
+    report is written at the very end, and finding out then would throw away all the work."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"output directory {out_dir} exists and is not a directory; give a new or existing directory")
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"output directory {out_dir} is not writable")
+        return
+    parent = os.path.dirname(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"output directory {out_dir} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {out_dir} cannot be created: {parent} is not writable")
 
 
 @torch.no_grad()
@@ -61,6 +152,8 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
         raise ValueError(f"features and labels differ in length: train {len(train)} vs {len(y_train)}, valid {len(valid)} vs {len(y_valid)}")
     if len(valid) == 0:
         raise ValueError("the validation split is empty; give more training rows or a --valid CSV")
+    check_options(encoder=encoder, hidden=hidden, dropout=dropout, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
+                  patience=patience, seed=seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -180,11 +273,20 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
 
     Writes (when `out_dir` is given) metrics.json, report.txt, confusion_matrix.png, predictions.csv
     and classifier.pt. Returns the metrics dict (accuracy, macro_f1, per_class, ...).
+
+    Raises ValueError before any ELMo work for options it cannot use (`check_options`), data that
+    cannot give a classifier (`check_data`: e.g. a single training class) and an `out_dir` that
+    cannot be written (`check_out_dir`).
     """
     from .report import compute_metrics, write_report
 
-    if test.num_classes != train.num_classes:
-        raise ValueError(f"train has {train.num_classes} classes but test has {test.num_classes}; use the same classes.txt")
+    # Everything the user can get wrong is checked here, before the (slow) ELMo features.
+    check_options(valid_fraction=valid_fraction, max_tokens=max_tokens, encoder=encoder, hidden=hidden, max_epochs=max_epochs,
+                  patience=patience, batch_size=batch_size, lr=lr, dropout=dropout, seed=seed, finetune_epochs=finetune_epochs,
+                  finetune_lr=finetune_lr)
+    check_data(train, test, valid)
+    if out_dir is not None:
+        check_out_dir(out_dir)
     if valid is None:
         train, valid = stratified_split(train, valid_fraction, seed=seed)
     timings = {}

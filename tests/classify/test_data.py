@@ -39,9 +39,58 @@ def test_load_csv_with_classes_file(tmp_path):
 
 
 def test_load_csv_without_classes_file_and_extra_columns(tmp_path):
-    d = load_csv(_write(tmp_path, [["3", "t", "a", "b"], ["1", "u", "c", "d"]]))
-    assert d.class_names == ["1", "2", "3"]
-    assert d.texts == ["a b", "c d"]
+    d = load_csv(_write(tmp_path, [["3", "t", "a", "b"], ["1", "u", "c", "d"], ["2", "v", "e", "f"]]))
+    assert d.class_names == ["1", "2", "3"] and d.classes_file is None
+    assert d.texts == ["a b", "c d", "e f"]
+
+
+@pytest.mark.parametrize("typo, missing", [("10", "5..9"), ("1000000", "5..999999")])
+def test_class_indices_without_classes_file_must_be_1_to_k(tmp_path, typo, missing):
+    """A typo in a 4-class file used to make a 10-class problem (or a million-class one that ran out
+    of memory in the confusion matrix): without classes.txt the indices seen must be exactly 1..K."""
+    rows = [[str(1 + i % 4), f"t{i}", "d"] for i in range(12)]
+    rows[6][0] = typo
+    with pytest.raises(DataError) as e:
+        load_csv(_write(tmp_path, rows))
+    msg = str(e.value)
+    assert f"row 7: class index {typo}, but no row has class index {missing}" in msg
+    assert "exactly 1..K" in msg and "classes.txt" in msg and "\n" not in msg
+    # Named classes make a class that has no training rows legitimate; beyond them it is an error.
+    assert load_csv(_write(tmp_path, [["1", "t", "d"], ["3", "t", "d"]], classes=["a", "b", "c"])).num_classes == 3
+    with pytest.raises(DataError, match=rf"row 7: class index {typo} is outside 1..4 \(classes.txt names 4 classes\)"):
+        load_csv(_write(tmp_path, rows, classes=["a", "b", "c", "d"]))
+
+
+def test_out_of_range_message_names_where_the_classes_came_from(tmp_path):
+    """Without a classes file the message used to say '(classes.txt names 3 classes)' all the same."""
+    path = _write(tmp_path, [["1", "t", "d"], ["4", "t", "d"]])
+    with pytest.raises(DataError) as e:
+        load_csv(path, ["1", "2", "3"], classes_from="the training data train.csv has class indices 1..3 and no classes.txt")
+    assert "row 2: class index 4 is outside 1..3 (the training data train.csv has class indices 1..3" in str(e.value)
+    assert "names 3 classes" not in str(e.value)
+    with pytest.raises(DataError, match=r"outside 1..3 \(3 class names were given\)"):
+        load_csv(path, ["a", "b", "c"])
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    with pytest.raises(DataError, match=r"outside 1..3 \(.*names.txt names 3 classes\)"):
+        load_csv(path, str(tmp_path / "names.txt"))
+
+
+def test_non_integer_class_index_hints_match_the_problem(tmp_path):
+    """Row 1 with a bad class index used to be blamed on a header row whatever it was."""
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("1\tA title, with a comma\tThe text\n2\tAnother\tText\n")
+    with pytest.raises(DataError, match="tab-separated") as e:
+        load_csv(str(tsv))
+    assert "header" not in str(e.value)
+    tsv.write_text("1\tA title\tThe text\n")  # no comma at all: a single field
+    with pytest.raises(DataError, match="1 field.*tab-separated"):
+        load_csv(str(tsv))
+    with pytest.raises(DataError, match=r"row 1: class index '1.0' is not an integer \(write class indices as whole numbers: 1, not 1.0\)"):
+        load_csv(_write(tmp_path, [["1.0", "t", "d"], ["2", "t", "d"]]))
+    with pytest.raises(DataError, match="row 1: .*header row"):
+        load_csv(_write(tmp_path, [["label", "title", "text"], ["1", "t", "d"]]))
+    with pytest.raises(DataError, match=r"row 2: class index 'World' is not an integer \(.*class names go in classes.txt"):
+        load_csv(_write(tmp_path, [["1", "t", "d"], ["World", "t", "d"]]))
 
 
 @pytest.mark.parametrize("rows, row_no, words", [
