@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ..utils import atomic_write_text
+from ..utils import atomic_path, atomic_write_text
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
@@ -45,7 +45,8 @@ def plot_confusion(matrix, class_names: list[str], path: str, title: str = "Conf
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png to infer it from
     plt.close(fig)
 
 
@@ -66,7 +67,7 @@ def write_report(out_dir: str, metrics: dict, test=None, probs: np.ndarray | Non
     atomic_write_text(os.path.join(out_dir, "report.txt"), format_report(metrics))
     plot_confusion(metrics["confusion_matrix"], metrics["class_names"], os.path.join(out_dir, "confusion_matrix.png"))
     if test is not None and probs is not None:
-        with open(os.path.join(out_dir, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
+        with atomic_path(os.path.join(out_dir, "predictions.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["row", "true", "predicted", "confidence"])
             names = metrics["class_names"]

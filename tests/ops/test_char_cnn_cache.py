@@ -155,3 +155,26 @@ def test_elmo_word_cache_matches_uncached_and_is_scoped(tmp_path):
     tuned(batches[0])["elmo_representations"][0].sum().backward()
     assert len(tuned._elmo_lstm._token_embedder.word_cache) == 0
     assert tuned._elmo_lstm._token_embedder._char_embedding_weights.grad is not None
+
+
+def test_module_with_a_word_cache_saves_and_copies(tmp_path):
+    """torch.save(elmo) failed once the cache held references to the weights' storages ("Cannot
+    save multiple tensors or storages that view the same data as different types"); a saved or
+    deep-copied module starts with an empty cache and computes the same vectors."""
+    import copy
+
+    from elmo_fast import Elmo, batch_to_ids
+    from elmo_fast.testing import small_options
+
+    elmo = Elmo(small_options(), None, 1, dropout=0.0, stateful=False)
+    elmo.enable_word_cache(100)
+    ids = batch_to_ids([["a", "b", "a"], ["c"]])
+    with torch.no_grad():
+        expected = elmo(ids)["elmo_representations"][0]
+    torch.save(elmo, tmp_path / "elmo.pt")
+    loaded = torch.load(tmp_path / "elmo.pt", weights_only=False)
+    cache = loaded._elmo_lstm._token_embedder.word_cache
+    assert cache is not None and len(cache) == 0
+    for other in (loaded, copy.deepcopy(elmo)):
+        with torch.no_grad():
+            assert torch.equal(other(ids)["elmo_representations"][0], expected)

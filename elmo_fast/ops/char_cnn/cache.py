@@ -36,6 +36,14 @@ class WordVectorCache:
         self.hits = 0
         self.misses = 0
 
+    def __getstate__(self) -> dict:
+        # Saving or copying a module (torch.save, copy.deepcopy) takes the cache empty: its vectors
+        # are keyed on the original weights' storages, which the copy does not share (and
+        # torch.save refuses the untyped storage references next to the typed weights).
+        state = dict(self.__dict__)
+        state.update(_store=OrderedDict(), _signature=None, _storages=[])
+        return state
+
     def __len__(self) -> int:
         return len(self._store)
 
