@@ -184,10 +184,17 @@ def _tf_to_torch_gates(a: np.ndarray, C: int) -> np.ndarray:
     return out
 
 
+def _bilm_of(model):
+    """The `ElmoBiLm` of an `Elmo` (its `_elmo_lstm`, AllenNLP's name), or the biLM itself."""
+    inner = getattr(model, "_elmo_lstm", None)
+    return inner if hasattr(inner, "_token_embedder") else model
+
+
 def save_hdf5(bilm, path) -> None:
-    """Write an `ElmoBiLm` in the published weights.hdf5 layout (atomically)."""
+    """Write an `ElmoBiLm` (or an `Elmo`'s biLM) in the published weights.hdf5 layout (atomically)."""
     import h5py
 
+    bilm = _bilm_of(bilm)
     enc = bilm._token_embedder
     cnn = bilm.options["char_cnn"]
 
@@ -228,9 +235,11 @@ def save_hdf5(bilm, path) -> None:
 
 
 def export_elmo(bilm, out_dir) -> tuple[str, str]:
-    """Write `options.json` + `weights.hdf5` into `out_dir` (what `Elmo(options, weights, ...)` reads)."""
+    """Write `options.json` + `weights.hdf5` of an `ElmoBiLm` or an `Elmo` into `out_dir` (what
+    `Elmo(options, weights, ...)` reads)."""
     from .options import save_options
 
+    bilm = _bilm_of(bilm)
     os.makedirs(out_dir, exist_ok=True)
     opt_path, w_path = os.path.join(out_dir, "options.json"), os.path.join(out_dir, "weights.hdf5")
     # Each file is written atomically, the pair is not: remove options that do not describe these
@@ -261,9 +270,11 @@ def _is_safetensors(path: str) -> bool:
 
 
 def save_checkpoint(bilm, path) -> None:
-    """Write the biLM's state_dict and options to one .safetensors file, atomically."""
+    """Write the biLM's (an `ElmoBiLm`'s or an `Elmo`'s) state_dict and options to one .safetensors
+    file, atomically."""
     from safetensors.torch import save_file
 
+    bilm = _bilm_of(bilm)
     state = {k: v.detach().contiguous().cpu() for k, v in bilm.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={"format": "elmo_fast", "options": json.dumps(bilm.options)})

@@ -225,3 +225,22 @@ def test_export_stopped_between_the_files_leaves_no_mismatched_pair(files, tmp_p
     with pytest.raises(KeyboardInterrupt):
         export_elmo(ElmoBiLm(opts), out)
     assert (out / "weights.hdf5").exists() and not (out / "options.json").exists()
+
+
+def test_an_elmo_module_saves_and_exports_its_bilm(files, tmp_path, caplog):
+    """save_checkpoint / export_elmo take an Elmo too (they needed the private `_elmo_lstm`), and
+    an Elmo built without weights says that its biLM is random."""
+    from elmo_fast import export_elmo
+
+    d, opts, _ = files
+    elmo = Elmo(str(d / "options.json"), str(d / "weights.hdf5"), 1, dropout=0.0, stateful=False)
+    save_checkpoint(elmo, tmp_path / "e.safetensors")
+    export_elmo(elmo, tmp_path / "exported")
+    ids = batch_to_ids([["a", "b"], ["c"]])
+    expected = elmo(ids)["elmo_representations"][0]
+    for w in (tmp_path / "e.safetensors", tmp_path / "exported" / "weights.hdf5"):
+        again = Elmo(str(d / "options.json"), str(w), 1, dropout=0.0, stateful=False)
+        assert torch.equal(again(ids)["elmo_representations"][0], expected)
+    with caplog.at_level("WARNING"):
+        Elmo(opts, None, 1)
+    assert "random weights" in caplog.text

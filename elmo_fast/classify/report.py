@@ -55,6 +55,11 @@ def format_report(metrics: dict) -> str:
              f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for name, m in metrics["per_class"].items():
         lines.append(f"{name:<16}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>9}")
+    if "elmo_only" in metrics:  # --bow: the accuracy above is the combination's
+        lines += ["", f"ELMo + bag-of-words (weight {metrics['ensemble_weight_elmo']} on ELMo, chosen on validation): "
+                  f"the scores above; ELMo alone: accuracy {metrics['elmo_only']['accuracy']:.4f}, macro-F1 "
+                  f"{metrics['elmo_only']['macro_f1']:.4f}; bag-of-words alone: accuracy {metrics['bow_only']['accuracy']:.4f}, "
+                  f"macro-F1 {metrics['bow_only']['macro_f1']:.4f}"]
     if "tfidf_svm" in metrics:
         b = metrics["tfidf_svm"]
         lines += ["", f"TF-IDF + linear SVM on the same split: accuracy {b['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f}"]

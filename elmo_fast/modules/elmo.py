@@ -57,6 +57,11 @@ class Elmo(nn.Module):
             if backend is not None:
                 module.set_backend(backend)
         else:
+            if weight_file is None:
+                # AllenNLP requires the weights; here None is allowed (training from scratch) but
+                # must not pass unnoticed when a path was forgotten.
+                logger.warning("Elmo without a weight_file: the biLM has random weights (pass weights.hdf5 "
+                               "or a checkpoint to load a trained one)")
             self._elmo_lstm = ElmoBiLm(options_file, weight_file, requires_grad=requires_grad,
                                        vocab_to_cache=vocab_to_cache, stateful=stateful, backend=backend)
         self._has_cached_vocab = vocab_to_cache is not None

@@ -14,7 +14,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--train", required=True, nargs="+", help="training text file(s), one tokenized sentence per line")
     p.add_argument("--valid", nargs="+", default=None, help="held-out text file(s) for perplexity")
-    p.add_argument("--config", default="tiny", help="tiny | small | original | path to options.json (default: tiny)")
+    p.add_argument("--config", default="tiny", help="tiny | small | medium | original | path to options.json (default: tiny); the training "
+                   "settings default to the preset's (an options.json with a preset's model counts as that preset), "
+                   "otherwise to bilm-tf's (elmo_fast.train.TRAIN_DEFAULTS)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-time", type=float, default=None, help="seconds of training (evaluation included)")

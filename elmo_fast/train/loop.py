@@ -80,7 +80,10 @@ def _config(config, kwargs: dict) -> tuple[dict, dict]:
         settings = {**TRAIN_DEFAULTS, **PRESET_TRAIN.get(config, {})}
     else:
         options = load_options(config)
-        settings = dict(TRAIN_DEFAULTS)
+        # An options file with a preset's model (e.g. a pretrained tiny run's options.json) trains
+        # with that preset's settings, as the name would; any other model with bilm-tf's defaults.
+        preset = next((name for name, p in PRESETS.items() if p == options), None)
+        settings = {**TRAIN_DEFAULTS, **PRESET_TRAIN.get(preset, {})}
     unknown = set(kwargs) - set(TRAIN_DEFAULTS)
     if unknown:
         raise TypeError(f"pretrain() got unknown setting(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")

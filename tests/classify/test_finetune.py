@@ -104,5 +104,8 @@ def test_cli_finetune(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["elmo_frozen"]) == {"accuracy", "macro_f1"} and m["training"]["finetune"]["epochs"] == 1
     assert m["n_test"] == 40 and 0 <= m["elmo_only"]["accuracy"] <= 1
+    report = (out / "report.txt").read_text()  # the parts of the combination, not only its score
+    assert f"ELMo alone: accuracy {m['elmo_only']['accuracy']:.4f}" in report
+    assert f"bag-of-words alone: accuracy {m['bow_only']['accuracy']:.4f}" in report
     state = torch.load(out / "classifier.pt", weights_only=False)
     assert "bilm_state_dict" in state and "_token_embedder._char_embedding_weights" in state["bilm_state_dict"]

@@ -195,3 +195,20 @@ def test_bf16_autocast_on_gpu_matches_cpu_run(tmp_path, tiny_text):
     gpu = pretrain(tiny_text, tiny_text, small_options(), tmp_path / "gpu", device="cuda", amp=True, **kw)
     assert math.isfinite(gpu["valid_perplexity"])
     assert abs(math.log(gpu["valid_perplexity"]) - math.log(cpu["valid_perplexity"])) < 0.05
+
+
+def test_an_options_file_of_a_preset_trains_with_the_preset_settings(tmp_path):
+    """`--config tiny` and `--config runs/x/options.json` of a tiny run used to train differently
+    (the file fell back to bilm-tf's Adagrad, lr 0.2, batch 64, 8192 negatives)."""
+    import json
+
+    from elmo_fast.options import PRESETS
+    from elmo_fast.train.loop import _config
+
+    (tmp_path / "options.json").write_text(json.dumps(PRESETS["tiny"]))
+    assert _config(str(tmp_path / "options.json"), {}) == _config("tiny", {})
+    other = json.loads(json.dumps(PRESETS["tiny"]))
+    other["lstm"]["dim"] = 300
+    from elmo_fast.train import TRAIN_DEFAULTS
+
+    assert _config(other, {})[1] == TRAIN_DEFAULTS
