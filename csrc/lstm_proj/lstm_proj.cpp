@@ -92,13 +92,16 @@ __attribute__((noinline)) void row_bwd(const T* __restrict gi, const T* __restri
                                        const T* __restrict dmr, T* __restrict dcr, T* __restrict dzi,
                                        T* __restrict dzf, T* __restrict dzg, T* __restrict dzo, int64_t C, T hi,
                                        T phi) {
+  // With no clip everything passes, a NaN cell too (eager has no clamp to stop its gradient);
+  // with one, the clamp's gradient is 0 outside [-hi, hi] and for a NaN, as torch.clamp's.
+  const bool clipped = !std::isinf(hi);
   for (int64_t j = 0; j < C; ++j) {
     const T i = gi[j], f = gf[j], g = gg[j], o = go[j];
     const T cn = craw[j];
     const T cc = std::min(std::max(cn, -hi), hi);
     const T tc = fast_tanh(cc);
     const T d_m = dmr[j];
-    const T pass = std::abs(cn) <= hi ? T(1) : T(0);
+    const T pass = (!clipped || std::abs(cn) <= hi) ? T(1) : T(0);
     const T dcn = (d_m * o * (T(1) - tc * tc) + dcr[j]) * pass;
     const T c_prev = std::min(std::max(cp[j], -phi), phi);
     dzi[j] = dcn * g * i * (T(1) - i);

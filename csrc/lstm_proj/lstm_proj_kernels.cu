@@ -40,6 +40,13 @@ __device__ __forceinline__ double tanh_(double v) { return tanh(v); }
 // fp32/fp64, so no __restrict__ on either). c [n, C]: state in, clipped new cell out. c_raw:
 // unclipped cell. m: o * tanh(clip(c)). Grid (n, ceil(C / kThreads)): rows
 // on x, whose limit is 2^31 - 1 (gridDim.y stops at 65535, a plausible batch size).
+// clip(x) as torch.clamp: CUDA's fmin/fmax return the other operand for a NaN, which would turn a
+// NaN cell (a NaN carried in c0) into -clip, or -inf with no clip, and hide it.
+template <typename A>
+__device__ __forceinline__ A clamp_keep_nan(A x, A hi) {
+  return x != x ? x : fmin(fmax(x, -hi), hi);
+}
+
 template <typename T, typename S = typename Acc<T>::type>
 __global__ void lstm_proj_fwd_step_kernel(const T* gates, S* act, const T* __restrict__ bias, S* __restrict__ c,
                                           S* __restrict__ c_raw, T* __restrict__ m, int64_t C, double clip) {
@@ -54,7 +61,7 @@ __global__ void lstm_proj_fwd_step_kernel(const T* gates, S* act, const T* __res
   const acc_t gg = tanh_(to_acc(g[2 * C + j]) + to_acc(bias[2 * C + j]));
   const acc_t o = sigmoid_(to_acc(g[3 * C + j]) + to_acc(bias[3 * C + j]));
   const acc_t cn = i * gg + f * c[r * C + j];
-  const acc_t cc = fmin(fmax(cn, -hi), hi);
+  const acc_t cc = clamp_keep_nan(cn, hi);
   c_raw[r * C + j] = cn;
   c[r * C + j] = cc;
   m[r * C + j] = static_cast<T>(o * tanh_(cc));
@@ -80,12 +87,14 @@ __global__ void lstm_proj_bwd_step_kernel(const S* __restrict__ act, const S* __
   const S* a = act + r * 4 * C;
   const acc_t i = a[j], f = a[C + j], gg = a[2 * C + j], o = a[3 * C + j];
   const acc_t cn = c_raw[r * C + j];
-  const acc_t cc = fmin(fmax(cn, -hi), hi);
+  const acc_t cc = clamp_keep_nan(cn, hi);
   const acc_t tc = tanh_(cc);
   const acc_t d_m = to_acc(dm[r * C + j]);
-  const acc_t pass = fabs(cn) <= hi ? acc_t(1) : acc_t(0);
+  // no clip (hi = inf): everything passes, a NaN too (eager has no clamp then); with a clip, the
+  // clamp's gradient is 0 outside [-hi, hi] and for a NaN, as torch.clamp's
+  const acc_t pass = (isinf(hi) || fabs(cn) <= hi) ? acc_t(1) : acc_t(0);
   const acc_t dcn = (d_m * o * (acc_t(1) - tc * tc) + dc[r * C + j]) * pass;
-  const acc_t c_prev = first[r] ? c0[r * C + j] : fmin(fmax(c_raw_prev[r * C + j], -hi), hi);
+  const acc_t c_prev = first[r] ? c0[r * C + j] : clamp_keep_nan(c_raw_prev[r * C + j], hi);
   T* d = dz + r * 4 * C;
   d[j] = static_cast<T>(dcn * gg * i * (acc_t(1) - i));
   d[C + j] = static_cast<T>(dcn * c_prev * f * (acc_t(1) - f));

@@ -113,7 +113,9 @@ def test_triton_gradcheck_fp64():
     def conv_only(emb, w0, w1, b0, b1):
         return CharConvMaxFunction.apply("triton", "tanh", ids, emb, 2, w0, w1, b0, b1)[0]
 
-    assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=True)
+    # nondet_tol: on a GPU the scatter's fp64 atomics add in varying order (the duplicate token and
+    # the shared padding characters hit the same cells), so two backwards may differ in the last bit
+    assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=True, nondet_tol=1e-12)
 
 
 def test_width_with_zero_filters_is_a_clear_error():

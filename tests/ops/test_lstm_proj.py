@@ -599,3 +599,24 @@ def test_double_backward_raises_instead_of_wrong_numbers(threads):
             g.pow(2).sum().backward()
     finally:
         torch.set_num_threads(old)
+
+
+def check_nan_state(backend: str, device: str = "cpu") -> None:
+    """A NaN carried in c0 (say from a diverged earlier call of a stateful model) must come out
+    where the eager reference puts it, with and without a cell clip: CUDA's fmin/fmax return the
+    non-NaN operand, so the clip turned a NaN cell into -clip (or -inf with no clip) and hid it.
+    Shared with the Triton and CUDA tests."""
+    x, lengths, ws, h0, c0 = make_inputs(B=4, T=5, I=3, C=7, P=4, lengths=torch.tensor([5, 3, 0, 5]))
+    c0[1, 2] = float("nan")
+    c0[2, 0] = float("nan")  # a length-0 row: passed through
+    for clip in (None, 3.0):
+        ref = lstm_proj_ref(x, lengths, *ws, clip, clip, False, h0, c0)
+        out = lstm_proj(*(t.to(device) for t in (x, lengths, *ws)), clip, clip, False, h0.to(device), c0.to(device),
+                        backend=backend)
+        for name, r, o in zip(("out", "h_n", "c_n"), ref, out):
+            assert torch.isnan(r).any(), name
+            assert torch.equal(torch.isnan(o.cpu()), torch.isnan(r)), f"clip {clip}: NaN in {name} differs from eager's"
+
+
+def test_nan_state_propagates_like_eager():
+    check_nan_state("cpp")

@@ -73,3 +73,11 @@ def test_cuda_half_precision_state(dtype, reverse, exact_fp32):
     from tests.ops.test_lstm_proj import check_half_state
 
     check_half_state("cuda", dtype, "cuda", reverse)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_nan_state_propagates_like_eager():
+    _require_cuda_ext()
+    from tests.ops.test_lstm_proj import check_nan_state
+
+    check_nan_state("cuda", "cuda")

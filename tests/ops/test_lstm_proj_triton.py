@@ -111,6 +111,13 @@ def _time_loop_args(triton_impl, x, lengths, ws, h0, c0):
 
 
 @here
+def test_triton_nan_state_propagates_like_eager(fwd_path):
+    from tests.ops.test_lstm_proj import check_nan_state
+
+    check_nan_state("triton", _device())
+
+
+@here
 def test_triton_no_grad_path(fwd_path):
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
     from tests.ops.test_lstm_proj import make_inputs

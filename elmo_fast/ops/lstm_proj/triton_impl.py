@@ -28,6 +28,12 @@ from .function import state_dtype
 
 
 @triton.jit
+def _clamp(x, hi):
+    # NaN stays NaN, as in torch.clamp (a plain minimum/maximum may return the other operand on a GPU)
+    return tl.minimum(tl.maximum(x, -hi, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -63,7 +69,7 @@ def _lstm_proj_fwd_step_kernel(
     cc = cn
     if HAS_CLIP:
         clip = tl.load(CLIP)
-        cc = tl.minimum(tl.maximum(cn, -clip), clip)
+        cc = _clamp(cn, clip)
     tl.store(CRAW + r * C + j, cn, mask=mask)
     tl.store(CST + r * C + j, cc, mask=mask)
     tl.store(M + r * C + j, o * _tanh(cc), mask=mask)
@@ -107,9 +113,9 @@ def _lstm_proj_bwd_step_kernel(
     cp = cp_raw
     if HAS_CLIP:
         clip = tl.load(CLIP)
-        cc = tl.minimum(tl.maximum(cn, -clip), clip)
+        cc = _clamp(cn, clip)
         pass_c = tl.where(tl.abs(cn) <= clip, 1.0, 0.0)
-        cp = tl.minimum(tl.maximum(cp_raw, -clip), clip)
+        cp = _clamp(cp_raw, clip)
     c_prev = tl.where(first != 0, c0, cp)
     tc = _tanh(cc)
     dm = tl.load(DM + r * C + j, mask=mask).to(ACC)
@@ -209,7 +215,7 @@ def _lstm_proj_fwd_loop_kernel(
         cn = i * g + f * c
         ccl = cn
         if HAS_CCLIP:
-            ccl = tl.minimum(tl.maximum(cn, -cell_clip), cell_clip)
+            ccl = _clamp(cn, cell_clip)
         m = o * _tanh(ccl)
         if IEEE:
             hr = tl.dot(m, wp, input_precision="ieee")
@@ -217,7 +223,7 @@ def _lstm_proj_fwd_loop_kernel(
             hr = tl.dot(m, wp, input_precision="tf32")
         hcl = hr
         if HAS_PCLIP:
-            hcl = tl.minimum(tl.maximum(hr, -proj_clip), proj_clip)
+            hcl = _clamp(hr, proj_clip)
         tp = (t * B + rows[:, None]).to(tl.int64)
         tl.store(HRAW + tp * P + pp[None, :], hr, mask=ap)
         if SAVE:
