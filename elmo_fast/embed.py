@@ -134,14 +134,12 @@ def embed_file(input_path: str, output_path: str, elmo, layers: str = "all", bat
 
 
 def _check_output_path(path) -> None:
+    from .utils import check_output_dir
+
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"output {path!r} is a folder; pass the HDF5 file to write, e.g. {os.path.join(path, 'embeddings.hdf5')!r}")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write {path!r}: {parent!r} is not a writable folder")
+    check_output_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def add_parser(subparsers) -> None:

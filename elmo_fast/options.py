@@ -116,10 +116,6 @@ def validate_options(opts: Any, where: str = "options") -> None:
     filters = cnn["filters"]
     if not filters or any(len(f) != 2 or not (1 <= f[0] <= 50) or f[1] < 1 for f in filters):
         raise OptionsError(f"{where}: char_cnn.filters must be a non-empty list of [width (1..50), count >= 1], got {filters}")
-    if "dim" not in cnn["embedding"]:
-        raise OptionsError(f"{where}: char_cnn.embedding must have 'dim'")
-    if lstm["n_layers"] < 1 or lstm["dim"] < 1 or lstm["projection_dim"] < 1:
-        raise OptionsError(f"{where}: lstm.n_layers, dim and projection_dim must be positive")
     if not lstm.get("use_skip_connections", True) and lstm["n_layers"] > 1:
         # AllenNLP's ElmoLstm always adds the residual; a file saying otherwise would be silently wrong.
         raise OptionsError(f"{where}: use_skip_connections=false is not supported (AllenNLP's ELMo always uses them)")
@@ -154,7 +150,6 @@ def _check_types(opts: dict, where: str) -> None:
          "char_cnn.embedding", cnn["embedding"], 'an object like {"dim": 16}')
     for key in ("n_characters", "max_characters_per_token"):
         need(_is_int(cnn[key]), f"char_cnn.{key}", cnn[key], "an integer")
-    need(isinstance(cnn["activation"], str), "char_cnn.activation", cnn["activation"], "'relu' or 'tanh'")
     filters = cnn["filters"]
     need(isinstance(filters, list) and all(isinstance(f, (list, tuple)) and all(_is_int(v) for v in f) for f in filters),
          "char_cnn.filters", filters, "a list of [width, count] integer pairs")

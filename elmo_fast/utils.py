@@ -36,6 +36,32 @@ def atomic_path(path):
         raise
 
 
+def is_int(v) -> bool:
+    """An integer setting: a bool (True == 1) does not count."""
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_output_dir(path) -> None:
+    """Raise a one-line ValueError unless `path` is a writable directory or can be created, so a
+    command finds out before its work, not when it writes its results."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"output directory {path} exists and is not a directory; give a new or existing directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"output directory {path} is not writable")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"output directory {path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {path} cannot be created: {parent} is not writable")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -34,48 +34,42 @@ def _is_hdf5(path: str) -> bool:
         return f.read(8) == HDF5_MAGIC
 
 
-def load_weights(bilm, path) -> None:
-    """Fill an `ElmoBiLm` from weights.hdf5 or a .safetensors checkpoint (chosen by content)."""
+def _weight_file(path) -> tuple[str, str]:
+    """(local path, 'hdf5' | 'safetensors') of a weight file, chosen by content."""
     path = resolve_file(path, "weight file")
     if not os.path.exists(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist")
     if _is_hdf5(path):
+        return path, "hdf5"
+    if _is_safetensors(path):
+        return path, "safetensors"
+    raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
+
+
+def load_weights(bilm, path) -> None:
+    """Fill an `ElmoBiLm` from weights.hdf5 or a .safetensors checkpoint (chosen by content)."""
+    path, kind = _weight_file(path)
+    if kind == "hdf5":
         load_hdf5(bilm, path)
-    elif _is_safetensors(path):
-        load_checkpoint_into(bilm, path)
     else:
-        raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
+        load_checkpoint_into(bilm, path)
 
 
 def load_char_encoder_weights(enc, path) -> None:
     """Fill an `ElmoCharacterEncoder` alone (AllenNLP's `_ElmoCharacterEncoder(options, weights)`)
     from weights.hdf5 or an elmo_fast checkpoint; the LSTM's weights in the file are not read."""
-    path = resolve_file(path, "weight file")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weight file {path!r} does not exist")
-    if _is_hdf5(path):
+    path, kind = _weight_file(path)
+    if kind == "hdf5":
         with _open_hdf5(path) as f:
             _load_hdf5_encoder(f, enc, enc._options, path)
-    elif _is_safetensors(path):
-        from safetensors.torch import load_file
-
-        opts = read_checkpoint_options(path)
-        mine = enc._options
-        if opts["char_cnn"] != mine["char_cnn"] or opts["lstm"]["projection_dim"] != mine["lstm"]["projection_dim"]:
-            raise WeightFileError(f"{path}: the checkpoint's character encoder options differ from the encoder's: "
-                                  f"{opts['char_cnn']} (projection_dim {opts['lstm']['projection_dim']}) vs "
-                                  f"{mine['char_cnn']} (projection_dim {mine['lstm']['projection_dim']})")
-        try:
-            state = load_file(path)
-        except Exception as e:
-            raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
-        prefix = "_token_embedder."
-        for k, v in state.items():
-            if k.startswith(prefix) and v.is_floating_point():
-                _check_finite(v, path, f"tensor {k!r}")
-        enc.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    else:
-        raise WeightFileError(f"{path} is neither HDF5 (weights.hdf5) nor safetensors; is it the right file (not options.json)?")
+        return
+    opts = read_checkpoint_options(path)
+    mine = enc._options
+    if opts["char_cnn"] != mine["char_cnn"] or opts["lstm"]["projection_dim"] != mine["lstm"]["projection_dim"]:
+        raise WeightFileError(f"{path}: the checkpoint's character encoder options differ from the encoder's: "
+                              f"{opts['char_cnn']} (projection_dim {opts['lstm']['projection_dim']}) vs "
+                              f"{mine['char_cnn']} (projection_dim {mine['lstm']['projection_dim']})")
+    enc.load_state_dict(_read_checkpoint_state(path, prefix="_token_embedder."))
 
 
 def _dataset(f, name: str, shape: tuple, path: str, option_hint: str) -> np.ndarray:
@@ -298,19 +292,27 @@ def read_checkpoint_options(path) -> dict:
     return opts
 
 
-def load_checkpoint_into(bilm, path) -> None:
+def _read_checkpoint_state(path, prefix: str = "") -> dict:
+    """A checkpoint's tensors whose names start with `prefix` (removed from the names), each
+    checked to be finite."""
     from safetensors.torch import load_file
 
+    try:
+        state = load_file(os.fspath(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for k, v in state.items():
+        if v.is_floating_point():
+            _check_finite(v, path, f"tensor {prefix + k!r}")
+    return state
+
+
+def load_checkpoint_into(bilm, path) -> None:
     opts = read_checkpoint_options(path)
     if opts != bilm.options:
         raise WeightFileError(f"{path}: checkpoint options differ from the model's options: {opts} vs {bilm.options}")
-    try:
-        state = load_file(os.fspath(path))
-    except Exception as e:
-        raise WeightFileError(f"{path}: corrupt safetensors checkpoint ({e})") from None
-    for k, v in state.items():
-        if v.is_floating_point():
-            _check_finite(v, path, f"tensor {k!r}")
+    state = _read_checkpoint_state(path)
     own = bilm.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)
     if missing or unexpected:

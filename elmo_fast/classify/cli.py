@@ -42,9 +42,9 @@ FLAGS = {"valid_fraction": "--valid-fraction", "max_tokens": "--max-tokens", "en
 
 
 def run(args) -> int:
-    from ..utils import resolve_device
+    from ..utils import check_output_dir, resolve_device
     from .data import load_csv
-    from .train import check_data, check_options, check_out_dir, classify, load_bilm
+    from .train import check_data, check_options, classify, load_bilm
 
     # Options, output location and device first: a mistake there must not cost the data loading,
     # the ELMo features and the training that come before the report is written.
@@ -52,7 +52,7 @@ def run(args) -> int:
                "max_epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
                "dropout": args.dropout, "seed": args.seed, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr}
     check_options(FLAGS, **options)
-    check_out_dir(args.out)
+    check_output_dir(args.out)
     device = resolve_device(args.device)
     train = load_csv(args.train, args.classes)
     check_data(train)  # a single training class: say so before blaming the test file's labels

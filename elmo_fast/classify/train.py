@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import atomic_path
+from ..utils import atomic_path, check_output_dir, is_int
 from .data import LabeledTexts, stratified_split
 from .features import LayerCache, compute_layers, tokenize_documents
 from .model import ENCODERS, ElmoClassifierHead
@@ -29,10 +29,6 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, batch_size):
         yield order[i : i + batch_size]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_options(names: dict[str, str] | None = None, **options) -> None:
@@ -51,7 +47,7 @@ def check_options(names: dict[str, str] | None = None, **options) -> None:
         if key in _INT_MIN:
             if key == "max_tokens" and value is None:
                 continue
-            if not _is_int(value) or value < _INT_MIN[key]:
+            if not is_int(value) or value < _INT_MIN[key]:
                 bad(key, f"an integer >= {_INT_MIN[key]}")
             if key == "seed" and value >= 2**32:  # scikit-learn's random_state limit
                 bad(key, "below 2**32")
@@ -63,9 +59,9 @@ def check_options(names: dict[str, str] | None = None, **options) -> None:
                 bad(key, "in [0, 1)")
         elif key == "valid_fraction":
             # An int is a row count, as stratified_split takes it.
-            if _is_int(value) and value >= 1:
+            if is_int(value) and value >= 1:
                 continue
-            if _is_int(value) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+            if is_int(value) or not isinstance(value, numbers.Real) or not 0 < value < 1:
                 bad(key, "a fraction between 0 and 1 (exclusive)")
         elif key == "encoder":
             if value not in ENCODERS:
@@ -93,25 +89,6 @@ def check_data(train: LabeledTexts, test: LabeledTexts | None = None, valid: Lab
     if len(present) < 2:
         raise ValueError(f"the training data{f' ({train.source})' if train.source else ''} has rows of a single class "
                          f"({train.class_names[present[0]]}); a classifier needs rows of at least 2 classes")
-
-
-def check_out_dir(out_dir) -> None:
-    """Raise a one-line ValueError unless `out_dir` is a writable directory or can be created: the
-    report is written at the very end, and finding out then would throw away all the work."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise ValueError(f"output directory {out_dir} exists and is not a directory; give a new or existing directory")
-        if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise ValueError(f"output directory {out_dir} is not writable")
-        return
-    parent = os.path.dirname(out_dir)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"output directory {out_dir} cannot be created: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output directory {out_dir} cannot be created: {parent} is not writable")
 
 
 @torch.no_grad()
@@ -276,7 +253,7 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
 
     Raises ValueError before any ELMo work for options it cannot use (`check_options`), data that
     cannot give a classifier (`check_data`: e.g. a single training class) and an `out_dir` that
-    cannot be written (`check_out_dir`).
+    cannot be written (`elmo_fast.utils.check_output_dir`).
     """
     from .report import compute_metrics, write_report
 
@@ -286,7 +263,7 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
                   finetune_lr=finetune_lr)
     check_data(train, test, valid)
     if out_dir is not None:
-        check_out_dir(out_dir)
+        check_output_dir(out_dir)
     if valid is None:
         train, valid = stratified_split(train, valid_fraction, seed=seed)
     timings = {}

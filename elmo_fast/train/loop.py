@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..options import PRESETS, load_options
-from ..utils import resolve_device
+from ..utils import check_output_dir, is_int, resolve_device
 from ..weights import export_elmo
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
@@ -101,7 +101,7 @@ def _bad(name: str, value, need: str) -> ValueError:
 def _check_int(name: str, value, low: int, need: str | None = None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    if not is_int(value) or value < low:
         raise _bad(name, value, need or f"an integer >= {low}")
 
 
@@ -158,13 +158,7 @@ def _check_backend(backend, device: torch.device) -> None:
 
 def _check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
     """Refuse an --out that cannot be written, or that holds a run this one would silently replace."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"--out {out_dir!r} is a file, not a directory")
-    existing = os.path.abspath(out_dir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out_dir!r}: cannot write to {existing!r}")
+    check_output_dir(out_dir)
     if overwrite:
         return
     ckpt = os.path.exists(os.path.join(out_dir, ckpt_io.NAME))
@@ -290,14 +284,13 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
     info = dist_utils.setup(str(device))
     try:
         return _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, max_time,
-                         resume, seed, progress, backend, info)
+                         resume, seed, progress, backend, info, device)
     finally:
         dist_utils.teardown(info)
 
 
 def _pretrain(train_paths, valid_paths, options, settings, out_dir, max_steps, max_time, resume, seed, progress,
-              backend, info: dist_utils.DistInfo) -> dict:
-    device = resolve_device(settings["device"])
+              backend, info: dist_utils.DistInfo, device: torch.device) -> dict:
     if device.type == "cuda" and info.enabled:
         device = resolve_device(f"cuda:{info.local_rank}")
     amp = _amp_enabled(settings, device)
