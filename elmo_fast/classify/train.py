@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import atomic_path, check_output_dir, is_int
+from ..utils import UsageError, atomic_path, check_output_dir, is_int, require_extra
 from .data import LabeledTexts, stratified_split
 from .features import LayerCache, compute_layers, tokenize_documents
 from .model import ENCODERS, ElmoClassifierHead
@@ -41,7 +41,7 @@ def check_options(names: dict[str, str] | None = None, **options) -> None:
     names = names or {}
 
     def bad(key, need):
-        raise ValueError(f"{names.get(key, key)} must be {need}, got {options[key]!r}")
+        raise UsageError(f"{names.get(key, key)} must be {need}, got {options[key]!r}")
 
     for key, value in options.items():
         if key in _INT_MIN:
@@ -255,6 +255,7 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
     cannot give a classifier (`check_data`: e.g. a single training class) and an `out_dir` that
     cannot be written (`elmo_fast.utils.check_output_dir`).
     """
+    require_extra("classify", "classification")
     from .report import compute_metrics, write_report
 
     # Everything the user can get wrong is checked here, before the (slow) ELMo features.

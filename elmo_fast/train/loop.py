@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..options import PRESETS, load_options
-from ..utils import check_output_dir, is_int, resolve_device
+from ..utils import UsageError, check_output_dir, is_int, resolve_device
 from ..weights import export_elmo
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
@@ -89,13 +89,13 @@ def _config(config, kwargs: dict) -> tuple[dict, dict]:
         raise TypeError(f"pretrain() got unknown setting(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
     settings.update({k: v for k, v in kwargs.items() if v is not None or k in ("max_vocab", "eval_max_tokens")})
     if settings["optimizer"] not in ("adagrad", "adam"):
-        raise ValueError(f"optimizer must be 'adagrad' or 'adam', got {settings['optimizer']!r}")
+        raise UsageError(f"optimizer must be 'adagrad' or 'adam', got {settings['optimizer']!r}")
     _check_settings(settings)
     return options, settings
 
 
 def _bad(name: str, value, need: str) -> ValueError:
-    return ValueError(f"{name} (--{name.replace('_', '-')}) must be {need}, got {value!r}")
+    return UsageError(f"{name} (--{name.replace('_', '-')}) must be {need}, got {value!r}")
 
 
 def _check_int(name: str, value, low: int, need: str | None = None, allow_none: bool = False) -> None:
@@ -133,7 +133,7 @@ def _check_settings(settings: dict) -> None:
 
 def _check_limits(max_steps, max_time) -> None:
     if max_steps is None and max_time is None:
-        raise ValueError("give max_steps and/or max_time (seconds), otherwise pretraining never stops")
+        raise UsageError("give max_steps and/or max_time (seconds), otherwise pretraining never stops")
     _check_int("max_steps", max_steps, 1, "None or an integer >= 1", True)
     if max_time is not None:
         _check_real("max_time", max_time, 0.0, True, "None or a number of seconds > 0")
@@ -142,18 +142,9 @@ def _check_limits(max_steps, max_time) -> None:
 def _check_backend(backend, device: torch.device) -> None:
     """Refuse a kernel backend (the argument or $ELMO_FAST_BACKEND) that cannot run on `device`
     before anything is written; otherwise the first training step fails with a traceback."""
-    from .._backend import BACKENDS, ENV, available_backends, backend_available
+    from .._backend import BACKENDS, choose_backend
 
-    source = "--backend" if backend else ENV
-    requested = backend or os.environ.get(ENV) or None
-    if requested is None:
-        return
-    if requested not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {requested!r} (from {source}); choose one of {BACKENDS}")
-    if not backend_available(requested, device):
-        drop = "leave --backend out" if backend else f"unset {ENV}"
-        raise ValueError(f"kernel backend {requested!r} (from {source}) cannot run on {device.type} here; "
-                         f"available: {available_backends(device)} (or {drop}: the fastest is chosen)")
+    choose_backend(device, BACKENDS, backend)
 
 
 def _check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
@@ -271,7 +262,7 @@ def pretrain(train, valid=None, config="tiny", out_dir="runs/pretrain", *, max_s
     """
     _check_limits(max_steps, max_time)
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: --resume continues the run in --out, --overwrite replaces it")
+        raise UsageError("resume and overwrite exclude each other: --resume continues the run in --out, --overwrite replaces it")
     options, settings = _config(config, {**kwargs, "batch_size": batch_size})
     train_paths = as_paths(train)
     valid_paths = as_paths(valid) if valid is not None else None

