@@ -132,7 +132,10 @@ def cuda_archs() -> list[str]:
 
 
 def missing_cuda_kernels() -> list[str]:
-    """The ops of CUDA_OPS with no kernel registered for the CUDA dispatch key."""
+    """The ops of CUDA_OPS with no kernel registered for the CUDA dispatch key (all of them when
+    _C_cuda is not loaded)."""
+    if cuda_ext() is None:
+        return list(CUDA_OPS)
     return [op for op in CUDA_OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"elmo_fast::{op}", "CUDA")]
 
 
