@@ -77,3 +77,10 @@ def lstm_proj_ref(
     restore = torch.empty_like(perm)
     restore[perm] = torch.arange(B, device=x.device)
     return out.index_select(0, restore), state_h.index_select(0, restore), state_c.index_select(0, restore)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the GPU kernels' cell state, its carried gradient and the cached gate activations
+    and cell: fp32 for bf16/fp16 inputs (why, and the error it saves: triton_impl's docstring), the
+    inputs' own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import on_device_of_first_arg
-from .function import state_dtype
+from .reference import state_dtype
 
 
 @triton.jit
