@@ -13,14 +13,18 @@ namespace {
 
 at::Tensor gemm_pack_op(const at::Tensor& b) { return pack(b); }
 
-// y[M, n] = x[M, K] @ B + bias, B = packed [ceil(n / 16), K, 16].
+at::Tensor gemm_pack_bf16_op(const at::Tensor& b) { return pack_bf16(b); }
+
+// y[M, n] = x[M, K] @ B + bias, B = packed [ceil(n / 16), K, 16] (fp32, from gemm_pack) or
+// [ceil(n / 16), ceil(K / 2), 32] (bf16, from gemm_pack_bf16: x rounded to bf16, fp32 sums and y).
 at::Tensor packed_linear_op(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                             int64_t n) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "packed_linear: x must be a float32 CPU matrix [M, K], got ", x.scalar_type(), " ", x.sizes(), " on ",
               x.device());
-  TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.device().is_cpu(),
-              "packed_linear: the packed weight must be float32 on the CPU (from gemm_pack)");
+  TORCH_CHECK((packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kBFloat16) && packed.device().is_cpu(),
+              "packed_linear: the packed weight must be a CPU tensor from gemm_pack (float32) or gemm_pack_bf16 "
+              "(bfloat16), got ", packed.scalar_type(), " on ", packed.device());
   const auto xc = x.contiguous();
   const auto pc = packed.contiguous();
   const int64_t M = xc.size(0), K = xc.size(1);
@@ -36,7 +40,8 @@ at::Tensor packed_linear_op(const at::Tensor& x, const at::Tensor& packed, const
   return y;
 }
 
-// The packed GEMM's micro-kernel: returns the one in use; with a name, switches to it first.
+// The packed GEMM's micro-kernels: returns the level in use (avx2 | avx512 | avx512bf16, see isa_flag);
+// with a name, switches to it first.
 std::string gemm_isa_op(c10::string_view name) {
   if (!name.empty()) set_isa(std::string(name));
   return isa();
@@ -46,6 +51,7 @@ std::string gemm_isa_op(c10::string_view name) {
 
 TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
   m.def("gemm_pack(Tensor b) -> Tensor");
+  m.def("gemm_pack_bf16(Tensor b) -> Tensor");
   m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
   m.def("gemm_isa(str name=\"\") -> str");
   m.impl("gemm_isa", &gemm_isa_op);
@@ -53,6 +59,7 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
 
 TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("gemm_pack", &gemm_pack_op);
+  m.impl("gemm_pack_bf16", &gemm_pack_bf16_op);
   m.impl("packed_linear", &packed_linear_op);
 }
 

@@ -1,7 +1,9 @@
 // CPU LSTM-with-projection over a packed batch: one input GEMM for many steps (all of them, or
 // bounded chunks; see InputMap), then per step a recurrent GEMM on the active prefix, ONE fused
-// vectorised pointwise loop and the projection GEMM + clip. In fp32 every one of these GEMMs runs
-// against a packed weight (packed_gemm.h); fp64 uses ATen's. Backward through time mirrors it, then
+// vectorised pointwise loop and the projection GEMM + clip. For fp32 inputs every one of these GEMMs
+// runs against a packed weight (packed_gemm.h), in fp32 or, with bf16-packed weights (the
+// gemm_dtype=torch.bfloat16 option), with bf16 operands and fp32 sums: the packed format is the
+// time loop's GEMM policy, the loop itself is the same. fp64 uses ATen's. Backward through time mirrors it, then
 // does every weight gradient as one big GEMM over all steps. Layout and cache: see lstm_proj.h.
 #include "common/cpu_pool.h"
 #include "common/fast_math.h"
@@ -170,15 +172,17 @@ class InputMap {
   at::Tensor buf_;
 };
 
-// w_*_packed: gemm::pack(w.t()) of w_in, w_rec, w_proj (fp32 only), e.g. cached across calls by the
-// caller; undefined tensors are packed here.
+// w_*_packed: gemm::pack(w.t()) or gemm::pack_bf16(w.t()) of w_in, w_rec, w_proj (fp32 x only), e.g.
+// cached across calls by the caller; undefined tensors are packed here in fp32. With all three given,
+// w_in, w_rec and w_proj are read for their shapes only and may be bf16.
 std::vector<at::Tensor> lstm_proj_fwd_cpu(const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in,
                                           const at::Tensor& w_rec, const at::Tensor& bias, const at::Tensor& w_proj,
                                           const at::Tensor& h0, const at::Tensor& c0, double cell_clip,
                                           double proj_clip, bool reverse, bool save_cache,
                                           at::Tensor w_in_packed = {}, at::Tensor w_rec_packed = {},
                                           at::Tensor w_proj_packed = {}) {
-  check_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0);
+  const bool all_packed = w_in_packed.defined() && w_rec_packed.defined() && w_proj_packed.defined();
+  check_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, /*bf16_weights=*/all_packed && x.scalar_type() == at::kFloat);
   TORCH_CHECK(x.device().is_cpu(), "lstm_proj (cpp backend): tensors must be on the CPU, got ", x.device());
   const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
   const int64_t C4 = w_in.size(0), C = C4 / 4, P = w_proj.size(0);
@@ -351,62 +355,22 @@ std::vector<at::Tensor> lstm_proj_bwd_cpu(const at::Tensor& grad_out, const at::
   return {dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0};
 }
 
-// Inference with bf16 GEMM operands (weights, x, h, m) and fp32 accumulation, gates, cell state and
-// outputs: on CPUs with avx512_bf16 (or AMX) oneDNN's bf16 GEMMs are 2-7x faster than fp32 at these
-// skinny shapes, and the GEMMs are the whole cost. No cache, no backward.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_bf16_op(const at::Tensor& x_, const at::Tensor& lengths,
+// Inference with bf16 GEMM operands (weights, x, h, m) and fp32 sums, gates, cell state and outputs:
+// the fp32 time loop with bf16-packed weights, packed here on every call. The Python wrapper caches
+// the packed copies and calls lstm_proj_fwd_packed instead; this op takes w_in / w_rec / w_proj in
+// fp32 or bf16. No cache, no backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_bf16_op(const at::Tensor& x, const at::Tensor& lengths,
                                                            const at::Tensor& w_in, const at::Tensor& w_rec,
                                                            const at::Tensor& bias, const at::Tensor& w_proj,
                                                            const at::Tensor& h0, const at::Tensor& c0,
                                                            double cell_clip, double proj_clip, bool reverse) {
-  check_args(x_, lengths, w_in, w_rec, bias, w_proj, h0, c0, /*bf16_weights=*/true);
-  TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == at::kFloat,
+  check_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, /*bf16_weights=*/true);
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
               "lstm_proj_fwd_bf16: expects float32 CPU tensors (bf16 is used inside for the GEMMs only)");
-  const int64_t B = x_.size(0), T = x_.size(1), I = x_.size(2);
-  const int64_t C4 = w_in.size(0), C = C4 / 4, P = w_proj.size(0);
-  Plan plan = make_plan(lengths, T, x_.device());
-  const auto bf = at::kBFloat16;
-  // Transposed views: oneDNN takes the transposed layout as is (a contiguous copy measured no faster).
-  auto w_rec_t = w_rec.to(bf).t();    // [P, 4C]; .to() is free for weights passed in bf16
-  auto w_proj_t = w_proj.to(bf).t();  // [C, P]
-  auto xs = x_.index_select(0, plan.perm).transpose(0, 1).to(bf).contiguous();
-  auto w_in_t = w_in.to(bf).t();
-  InputMap input_map(T, B, C4, /*all_steps=*/false, reverse, x_.options(), [&](int64_t lo, int64_t hi, at::Tensor out) {
-    out.view({(hi - lo) * B, C4}).copy_(at::mm(xs.narrow(0, lo, hi - lo).view({(hi - lo) * B, I}), w_in_t));
-  });
-  auto bias_c = bias.contiguous();
-  auto h = h0.index_select(0, plan.perm).to(bf).contiguous();  // GEMM operand only
-  auto c = c0.index_select(0, plan.perm).contiguous();         // fp32 cell state
-  auto h_n = h0.index_select(0, plan.perm).contiguous();       // fp32 final state
-  auto out_tm = at::zeros({T, B, P}, x_.options());
-  auto c_raw = at::empty({B, C}, x_.options());
-  auto m = at::empty({B, C}, x_.options());
-  auto rec = at::empty({B, C4}, x_.options().dtype(bf));
-  auto hr = at::empty({B, P}, x_.options().dtype(bf));
-  const float chi = clip_bound<float>(cell_clip);
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    const int64_t n = plan.active[t];
-    if (n == 0) continue;
-    auto g = input_map.step(t).narrow(0, 0, n);
-    auto rec_t = rec.narrow(0, 0, n);
-    at::mm_out(rec_t, h.narrow(0, 0, n), w_rec_t);
-    g.add_(rec_t);
-    auto m_t = m.narrow(0, 0, n);
-    pointwise_fwd<float>(g.data_ptr<float>(), bias_c.data_ptr<float>(), c.data_ptr<float>(), c_raw.data_ptr<float>(),
-                         m_t.data_ptr<float>(), n, C, chi);
-    auto hr_t = hr.narrow(0, 0, n);
-    at::mm_out(hr_t, m_t.to(bf), w_proj_t);
-    auto o_t = out_tm[t].narrow(0, 0, n);
-    if (proj_clip > 0)
-      at::clamp_out(o_t, hr_t.to(at::kFloat), -proj_clip, proj_clip);
-    else
-      o_t.copy_(hr_t);
-    h_n.narrow(0, 0, n).copy_(o_t);
-    h.narrow(0, 0, n).copy_(o_t);
-  }
-  return {out_tm.transpose(0, 1).index_select(0, plan.inv_perm), h_n.index_select(0, plan.inv_perm),
-          c.index_select(0, plan.inv_perm)};
+  auto r = lstm_proj_fwd_cpu(x.contiguous(), lengths, w_in, w_rec, bias.contiguous(), w_proj, h0, c0, cell_clip,
+                             proj_clip, reverse, /*save_cache=*/false, gemm::pack_bf16(w_in.t()),
+                             gemm::pack_bf16(w_rec.t()), gemm::pack_bf16(w_proj.t()));
+  return {r[0], r[1], r[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_op(
@@ -418,14 +382,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
-// The forward with its three weights already packed (gemm_pack(w.t()) of w_in, w_rec, w_proj):
-// the Python wrapper caches them per weight version, so inference packs each weight once.
+// The forward with its three weights already packed (gemm_pack(w.t()) or gemm_pack_bf16(w.t()) of w_in,
+// w_rec, w_proj): the Python wrapper caches them per weight version, so inference packs each weight once.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_packed_op(
     const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec,
     const at::Tensor& bias, const at::Tensor& w_proj, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_in_packed, const at::Tensor& w_rec_packed, const at::Tensor& w_proj_packed, double cell_clip,
     double proj_clip, bool reverse, bool save_cache) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_proj_fwd_packed: packed weights are fp32; use lstm_proj_fwd for ",
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstm_proj_fwd_packed: packed weights take float32 x; use lstm_proj_fwd for ",
               x.scalar_type());
   auto r = lstm_proj_fwd_cpu(x.contiguous(), lengths, w_in.contiguous(), w_rec.contiguous(), bias.contiguous(),
                              w_proj.contiguous(), h0, c0, cell_clip, proj_clip, reverse, save_cache,

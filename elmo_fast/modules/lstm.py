@@ -85,7 +85,7 @@ def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torc
     if same and pair_supported(f_in, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
         (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
             f_in, b_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value, fl.state_projection_clip_value,
-            f_state, b_state)
+            f_state, b_state, gemm_dtype=fl.gemm_dtype)
         return (f_out, (fh, fc)), (b_out, (bh, bc))
     f_len, b_len = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
     return fl._run(f_in, f_len, f_state), bl._run(b_in, b_len, b_state)

@@ -1,5 +1,6 @@
-"""Derived copies of weights, kept across calls: bf16 copies for the CPU bf16-GEMM inference
-options (`gemm_dtype=torch.bfloat16`) and GEMM-packed copies for the C++ LSTM's per-step GEMMs.
+"""Derived copies of weights, kept across calls: GEMM-packed copies (fp32, and bf16 for the CPU
+bf16-GEMM inference option `gemm_dtype=torch.bfloat16`) for the C++ LSTM's GEMMs and the char
+encoder's highway and projection, and plain bf16 copies for that option's eager (ATen) GEMMs.
 
 Rebuilding them on every call would cost a large part of what they save (the 'original' LSTM
 converts ~19M weights per direction and layer; packing its 32 MB recurrent weight takes ~20 ms).
@@ -66,12 +67,23 @@ def gemm_packed_t(w: torch.Tensor) -> torch.Tensor:
     return derived_copy(w, "gemm_packed_t", lambda t: torch.ops.elmo_fast.gemm_pack(t.t()))
 
 
+def gemm_packed_bf16_t(w: torch.Tensor) -> torch.Tensor:
+    """`w` `[N, K]` rounded to bf16 and packed in k-pairs for the bf16 micro-kernels
+    (csrc/common/packed_gemm.h: vdpbf16ps on avx512_bf16 CPUs); taken wherever gemm_packed_t is."""
+    return derived_copy(w, "gemm_packed_bf16_t", lambda t: torch.ops.elmo_fast.gemm_pack_bf16(t.t()))
+
+
 if _ext.cpp_ext() is not None:  # shape-only kernels, for opcheck and torch.compile
 
     @torch.library.register_fake("elmo_fast::gemm_pack")
     def _pack_fake(b):
         K, N = b.shape
         return b.new_empty((N + 15) // 16, K, 16)
+
+    @torch.library.register_fake("elmo_fast::gemm_pack_bf16")
+    def _pack_bf16_fake(b):
+        K, N = b.shape
+        return b.new_empty((N + 15) // 16, (K + 1) // 2, 32, dtype=torch.bfloat16)
 
     @torch.library.register_fake("elmo_fast::packed_linear")
     def _packed_linear_fake(x, packed, bias, n):

@@ -575,7 +575,8 @@ def test_pair_is_used_only_where_it_pays():
         assert pair_supported(x, None, None, torch.empty(4096, 128))  # 'small'
         assert not pair_supported(x, None, None, torch.empty(16384, 512))  # 'original': its per-step GEMMs split well
         assert not pair_supported(x, "torch", None, torch.empty(4096, 128))
-        assert not pair_supported(x, None, torch.bfloat16, torch.empty(4096, 128))
+        assert pair_supported(x, None, torch.bfloat16, torch.empty(4096, 128))  # bf16 GEMMs: the same loop
+        assert not pair_supported(x.double(), None, torch.bfloat16, torch.empty(4096, 128))
         torch.set_num_threads(1)
         assert not pair_supported(x, None, None, torch.empty(4096, 128))
     finally:

@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from ... import _ext
 from ..._backend import backend_available, choose_backend, gpu_autocast_dtype
-from ..weight_copies import bf16_copy, gemm_packed_t
+from ..weight_copies import bf16_copy, gemm_packed_bf16_t, gemm_packed_t
 from .reference import char_cnn_ref, highway_gate_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -301,8 +301,9 @@ def _triton_highway(backend: str, h: torch.Tensor) -> bool:
     return backend == "triton" or backend_available("triton", h.device)
 
 
-def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, packed: bool = False) -> torch.Tensor:
-    if packed:
+def _highway(backend: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+             packed: torch.dtype | None = None) -> torch.Tensor:
+    if packed is not None:
         return torch.ops.elmo_fast.highway_gate(_linear(h, w, None, packed), b, h)
     if backend == "cpp":
         return HighwayFunction.apply(h, w, b)
@@ -341,10 +342,10 @@ def char_cnn(
         reference the benchmarks measure against, so it must not borrow the fast path's savings).
     cache: an optional `WordVectorCache` (inference only: used when no gradient is needed).
     gemm_dtype: None (fp32) or torch.bfloat16: CPU inference with bf16 operands for the highway and
-        projection GEMMs (fp32 accumulation, results rounded to bf16 once; the conv, gates and bias
-        additions stay fp32). Those GEMMs are
-        most of the encoder's time after the fused conv, and bf16 ones run ~2.3x faster on CPUs with
-        avx512_bf16/AMX. No gradients.
+        projection GEMMs and fp32 sums; the conv, gates and bias additions stay fp32. Those GEMMs
+        are most of the encoder's time after the fused conv. On the cpp backend they run on
+        bf16-packed weights (vdpbf16ps micro-kernels, ~2x the fp32 ones on avx512_bf16 CPUs; fp32
+        results); elsewhere as eager GEMMs on bf16 copies (results rounded to bf16 once). No gradients.
 
     Example:
         >>> out = char_cnn(ids, emb, convs_w, convs_b, hw_w, hw_b, proj_w, proj_b)  # [N, P]
@@ -391,19 +392,22 @@ def char_cnn(
                              f"{char_ids.device}); on a GPU cast the model with .to(torch.bfloat16) instead")
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
-        args = args[:4] + ([bf16_copy(w) for w in hw_w], hw_b, bf16_copy(proj_weight), proj_bias)
+        if chosen != "cpp":  # eager GEMMs on bf16 copies; the cpp backend takes bf16-packed weights (_encode)
+            args = args[:4] + ([bf16_copy(w) for w in hw_w], hw_b, bf16_copy(proj_weight), proj_bias)
     inference = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
     if cache is not None and inference:
         return cache.lookup(char_ids, params, lambda ids: _encode(chosen, ids, *args[1:], activation, dedup=False,
-                                                                  inference=True), variant=(gemm_dtype, _autocast_state(device)))
+                                                                  inference=True, gemm_dtype=gemm_dtype),
+                            variant=(gemm_dtype, _autocast_state(device)))
     if dedup is None:
         dedup = chosen != "torch"
     if chosen == "torch" and not dedup and gemm_dtype is None:
         return char_cnn_ref(*args, activation)
-    return _encode(chosen, *args, activation, dedup=dedup, inference=inference)
+    return _encode(chosen, *args, activation, dedup=dedup, inference=inference, gemm_dtype=gemm_dtype)
 
 
-def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, dedup, inference=False):
+def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, proj_bias, activation, dedup, inference=False,
+            gemm_dtype=None):
     inverse = None
     if dedup and char_ids.shape[0] > 1:
         char_ids, inverse = unique_tokens(char_ids)
@@ -415,7 +419,9 @@ def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, pr
     # weights stay the same across calls there, and at the highway's shape the packed GEMM ran at
     # 70-77 GFLOP/s on 1 thread against 51-64 for MKL's sgemm, which re-packs the 32 MB 'small'
     # weight inside every call.
+    # gemm_dtype=torch.bfloat16 takes bf16-packed copies of the same weights (vdpbf16ps micro-kernels).
     packed = inference and backend == "cpp" and h.dtype == torch.float32 and proj_weight.dtype == torch.float32
+    packed = (gemm_dtype or torch.float32) if packed else None
     for w, b in zip(hw_w, hw_b):
         h = _highway(backend, h, w, b, packed)
     out = _linear(h, proj_weight, proj_bias, packed)
@@ -425,11 +431,13 @@ def _encode(backend, char_ids, emb, weights, biases, hw_w, hw_b, proj_weight, pr
     return out if inverse is None else out.index_select(0, inverse)
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: bool = False) -> torch.Tensor:
-    """F.linear; with `packed`, against the cached packed copy of `w` (csrc/common/gemm_ops.cpp); for
-    a bf16 weight (the gemm_dtype option) bf16 operands with an fp32 result."""
-    if packed:
-        return torch.ops.elmo_fast.packed_linear(x, gemm_packed_t(w), b, w.shape[0])
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.dtype | None = None) -> torch.Tensor:
+    """F.linear; with `packed` (fp32 or bf16), against the cached packed copy of the fp32 `w` in that
+    dtype (csrc/common/gemm_ops.cpp; bf16: operands rounded to bf16, fp32 sums and result); for a
+    bf16 weight (the gemm_dtype option off the cpp backend) bf16 operands with an fp32 result."""
+    if packed is not None:
+        pack = gemm_packed_bf16_t if packed == torch.bfloat16 else gemm_packed_t
+        return torch.ops.elmo_fast.packed_linear(x, pack(w), b, w.shape[0])
     if w.dtype == x.dtype:
         return F.linear(x, w, b)
     # CPU GEMMs have no bf16-in/fp32-out form (aten::mm.dtype is CUDA-only): the fp32-accumulated

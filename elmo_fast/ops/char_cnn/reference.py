@@ -23,6 +23,8 @@ def char_cnn_ref(
     proj_weight: torch.Tensor,
     proj_bias: torch.Tensor,
     activation: str = "relu",
+    *,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Character ids to projected word vectors.
 
@@ -33,6 +35,9 @@ def char_cnn_ref(
         highway_weights: per layer `[2F, F]` (rows: transform half n, then gate half g); biases `[2F]`.
         proj_weight: `[P, F]`; proj_bias `[P]`.
         activation: 'relu' or 'tanh', applied after max-pooling.
+        gemm_dtype: None, or torch.bfloat16 for the numerics of `char_cnn(..., gemm_dtype=torch.bfloat16)`
+            on the cpp backend: the highway and projection GEMMs' operands rounded to it, their sums
+            and everything else in the weights' dtype.
 
     Returns:
         `[N, P]` in the dtype of the weights.
@@ -46,14 +51,18 @@ def char_cnn_ref(
         convs.append(act(y))
     h = torch.cat(convs, dim=-1)  # [N, F]
     for w, b in zip(highway_weights, highway_biases):
-        h = highway_ref(h, w, b)
-    return F.linear(h, proj_weight, proj_bias)
+        h = highway_ref(h, w, b, gemm_dtype=gemm_dtype)
+    return F.linear(_rounded(h, gemm_dtype), _rounded(proj_weight, gemm_dtype), proj_bias)
 
 
-def highway_ref(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _rounded(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t if dtype is None else t.to(dtype).to(t.dtype)
+
+
+def highway_ref(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, gemm_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One highway layer, `[N, F]` -> `[N, F]`: [n | g] = h @ w^T + b (w `[2F, F]`), t = sigmoid(g),
-    t * h + (1 - t) * relu(n)."""
-    return highway_gate_ref(F.linear(h, w, b), h)
+    t * h + (1 - t) * relu(n); gemm_dtype as char_cnn_ref takes it."""
+    return highway_gate_ref(F.linear(_rounded(h, gemm_dtype), _rounded(w, gemm_dtype), b), h)
 
 
 def highway_gate_ref(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from ... import _ext
 from ..._backend import choose_backend, gpu_autocast_dtype
-from ..weight_copies import bf16_copy, gemm_packed_t
-from .reference import lstm_proj_ref
+from ..weight_copies import gemm_packed_bf16_t, gemm_packed_t
+from .reference import lstm_proj_ref, state_dtype
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
@@ -51,13 +51,6 @@ def _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype: bool = Tru
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; cast with .to({x.dtype})")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r})")
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the kernels' cell state, its carried gradient and the cached gate activations and
-    cell: fp32 for bf16/fp16 inputs (why, and the error it saves: triton_impl's docstring), the
-    inputs' own dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _initial_state(x, w_proj, h0, c0):
@@ -158,8 +151,9 @@ def lstm_proj(
         h0 `[B, P]`, c0 `[B, C]`: initial state (zeros when None); differentiable.
         backend: "cpp" | "cuda" | "triton" | "torch"; default from `ELMO_FAST_BACKEND` or the fastest available.
         gemm_dtype: None (fp32 throughout) or torch.bfloat16: inference on the cpp backend with bf16 GEMM
-            operands and fp32 accumulation, gates, cell state and outputs (2-7x faster GEMMs on CPUs with
-            avx512_bf16/AMX; error in benchmarks/results/zen4/lstm_cpu.md). No gradients.
+            operands and fp32 sums, gates, cell state and outputs: the fp32 time loop on bf16-packed
+            weights (vdpbf16ps micro-kernels on avx512_bf16 CPUs, ~2x the fp32 GEMMs; speed and error in
+            benchmarks/results/zen4_bf16/). No gradients.
 
     Returns:
         out `[B, T, P]` (exactly 0 past each row's length), h_n `[B, P]`, c_n `[B, C]`.
@@ -199,8 +193,10 @@ def lstm_proj(
             raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
-        return torch.ops.elmo_fast.lstm_proj_fwd_bf16(x, lengths, bf16_copy(w_in), bf16_copy(w_rec), bias, bf16_copy(w_proj), h0, c0,
-                                                      cell_clip, proj_clip, bool(reverse))
+        out, h_n, c_n, *_ = torch.ops.elmo_fast.lstm_proj_fwd_packed(
+            x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *_packed(w_in, w_rec, w_proj, gemm_dtype=gemm_dtype),
+            cell_clip, proj_clip, bool(reverse), False)
+        return out, h_n, c_n
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), chosen)
     out, h_n, c_n, *_ = _fwd_impl(chosen)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
@@ -259,8 +255,15 @@ if _ext.cpp_ext() is not None:
 # Both directions of a layer at once (CPU, 2 threads): one direction per thread.
 
 
-def _pair_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
-    packed = [gemm_packed_t(w) for w in (w_in, w_rec, w_proj)] if x.dtype == torch.float32 else [None] * 3
+def _packed(*weights, gemm_dtype=None):
+    """The weights' cached packed copies for the C++ GEMMs: bf16 ones for gemm_dtype=torch.bfloat16
+    (vdpbf16ps where the CPU has avx512_bf16, the same bf16 numbers through fp32 FMAs elsewhere)."""
+    pack = gemm_packed_bf16_t if gemm_dtype == torch.bfloat16 else gemm_packed_t
+    return [pack(w) for w in weights]
+
+
+def _pair_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_dtype=None):
+    packed = _packed(w_in, w_rec, w_proj, gemm_dtype=gemm_dtype) if x.dtype == torch.float32 else [None] * 3
     return [x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *packed]
 
 
@@ -295,13 +298,15 @@ PAIR_MAX_RECURRENT_WEIGHTS = 1 << 20
 
 def pair_supported(x: torch.Tensor, backend: str | None, gemm_dtype: torch.dtype | None, w_rec: torch.Tensor) -> bool:
     """Whether both directions of a layer should run concurrently (`lstm_proj_pair`): the cpp backend
-    on fp32/fp64 CPU tensors, fp32 GEMMs, exactly 2 intra-op threads (the directions take one thread
+    on fp32/fp64 CPU tensors (bf16 GEMMs with fp32 ones), exactly 2 intra-op threads (the directions take one thread
     each; with more threads a per-step split of each GEMM can use them all), and a recurrent weight
     of at most 1M values. Measured on 2 threads of an Intel Xeon, biLSTM forward / forward+backward
     against splitting every per-step GEMM over both threads: 'tiny' (w_rec 1024 x 128) 1.45x /
     1.33x, 'small' (4096 x 128) 0.99-1.14x / 1.06-1.07x, 'original' (16384 x 512: big per-step
     GEMMs that split well) 0.95-0.97x / 0.90-1.04x."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or gemm_dtype is not None:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if gemm_dtype is not None and (gemm_dtype != torch.bfloat16 or x.dtype != torch.float32):
         return False
     if w_rec.numel() > PAIR_MAX_RECURRENT_WEIGHTS:
         return False
@@ -311,14 +316,14 @@ def pair_supported(x: torch.Tensor, backend: str | None, gemm_dtype: torch.dtype
 
 
 def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=None, proj_clip=None,
-                   state_fwd=None, state_bwd=None):
+                   state_fwd=None, state_bwd=None, gemm_dtype=None):
     """The forward and the reverse direction of one layer on the cpp backend, concurrently.
 
     x_fwd, x_bwd `[B, T, I]`; lengths `[B]` for both, or a pair (forward's, reverse's);
     weights_* = (w_in, w_rec, bias, w_proj) as `lstm_proj` takes them; state_* = (h0, c0) or None.
     Returns (out, h_n, c_n) of the forward direction, then of the reverse one: what
-    `lstm_proj(..., reverse=False)` and `lstm_proj(..., reverse=True)` return. Callers check
-    `pair_supported` first.
+    `lstm_proj(..., reverse=False)` and `lstm_proj(..., reverse=True)` return; gemm_dtype as
+    `lstm_proj` takes it. Callers check `pair_supported` first.
     """
     lengths_pair = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
     dirs = []
@@ -328,8 +333,15 @@ def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=No
         dirs.append((x, lens.to(torch.long), *ws, *_initial_state(x, ws[3], h0, c0)))
     cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     tensors = [t for d in dirs for t in d]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if gemm_dtype is not None:
+        if gemm_dtype != torch.bfloat16:
+            raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
+        if grad:
+            raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
+    elif grad:
         out = LstmProjPairFunction.apply(cell_clip, proj_clip, *tensors)
         return out[:3], out[3:]
-    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(*dirs[0]), _pair_args(*dirs[1]), cell_clip, proj_clip, False)
+    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(*dirs[0], gemm_dtype=gemm_dtype),
+                                                  _pair_args(*dirs[1], gemm_dtype=gemm_dtype), cell_clip, proj_clip, False)
     return tuple(f[:3]), tuple(b[:3])

@@ -24,6 +24,8 @@ def lstm_proj_ref(
     reverse: bool = False,
     h0: torch.Tensor | None = None,
     c0: torch.Tensor | None = None,
+    *,
+    gemm_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One direction of one LSTM-with-projection layer.
 
@@ -35,11 +37,26 @@ def lstm_proj_ref(
         cell_clip, proj_clip: clip values; None or 0 means no clip.
         reverse: run from each row's own last position back to 0.
         h0: `[B, P]`, c0: `[B, C]` initial state (zeros when None).
+        gemm_dtype: None, or torch.bfloat16 for the numerics of `lstm_proj(..., gemm_dtype=torch.bfloat16)`:
+            every GEMM operand (x, h, o * tanh(c) and the three weights) rounded to it, everything
+            else, the products' sums included, in x's dtype.
 
     Returns:
         out `[B, T, P]` (exactly 0 past each row's length), h_n `[B, P]`, c_n `[B, C]` (the state after
         each row's own last step; the initial state for rows of length 0).
     """
+    if gemm_dtype is not None:
+        dtype = x.dtype
+
+        def rounded(t: torch.Tensor) -> torch.Tensor:
+            return t.to(gemm_dtype).to(dtype)
+
+        w_in, w_rec, w_proj = rounded(w_in), rounded(w_rec), rounded(w_proj)
+    else:
+
+        def rounded(t: torch.Tensor) -> torch.Tensor:
+            return t
+
     B, T, _ = x.shape
     C = w_rec.shape[0] // 4
     P = w_proj.shape[0]
@@ -58,7 +75,7 @@ def lstm_proj_ref(
             continue
         prev_c = state_c[:active].clone()
         prev_h = state_h[:active].clone()
-        z = F.linear(x[:active, index], w_in) + F.linear(prev_h, w_rec, bias)
+        z = F.linear(rounded(x[:active, index]), w_in) + F.linear(rounded(prev_h), w_rec, bias)
         i = torch.sigmoid(z[:, 0 * C : 1 * C])
         f = torch.sigmoid(z[:, 1 * C : 2 * C])
         g = torch.tanh(z[:, 2 * C : 3 * C])
@@ -66,7 +83,7 @@ def lstm_proj_ref(
         c = i * g + f * prev_c
         if cell_clip:
             c = torch.clamp(c, -cell_clip, cell_clip)
-        h = F.linear(o * torch.tanh(c), w_proj)
+        h = F.linear(rounded(o * torch.tanh(c)), w_proj)
         if proj_clip:
             h = torch.clamp(h, -proj_clip, proj_clip)
         state_c = state_c.clone()
