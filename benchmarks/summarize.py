@@ -39,6 +39,9 @@ def summarize(path: str) -> str:
 
     extras = [(p, "rel_rms_err_vs_fp32", "rel RMS err vs fp32", "{:.2e}") for p in having("rel_rms_err_vs_fp32")]
     extras += [(p, "peak_mem_mb", "peak MiB", "{:,.0f}") for p in having("peak_mem_mb")]
+    # CPU rows with model FLOPs (benchmarks/peak.py): GFLOP/s and fraction of the GEMM peak, from the min time.
+    rated = having("flops")
+    head += [f"{p} GFLOP/s (% of peak)" for p in rated]
     head += [f"{p} {label}" for p, _, label, _ in extras]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in sorted(groups.items()):
@@ -54,6 +57,13 @@ def summarize(path: str) -> str:
         for p, field, _, fmt in extras:
             value = row[p]["extra_info"].get(field) if p in row else None
             cells.append(fmt.format(value) if value is not None else "-")
+        for p in rated:
+            info = row[p]["extra_info"] if p in row else {}
+            if "flops" in info and info.get("peak_gflops"):
+                gf = info["flops"] / t[p] / 1e9
+                cells.append(f"{gf:,.0f} ({100 * gf / info['peak_gflops']:.0f}% of {info.get('peak_dtype', '')} {info['peak_gflops']:,.0f})")
+            else:
+                cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

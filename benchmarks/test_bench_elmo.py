@@ -2,7 +2,8 @@
 side on real text: forward (fp32, and on the CPU the bf16-GEMM inference option `Elmo.set_gemm_dtype`, its error
 against fp32 recorded), and
 forward+backward with the biLM fine-tuned (`requires_grad=True`). Tokens/s lands in each result's
-extra_info, and on a GPU the peak memory too.
+extra_info, on the CPU GFLOP/s and the fraction of the machine's GEMM peak (benchmarks/peak.py),
+and on a GPU the peak memory.
 
     OMP_WAIT_POLICY=ACTIVE python -m pytest benchmarks/test_bench_elmo.py --benchmark-json=benchmarks/results/elmo_cpu.json
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks.common import SHAPES, real_text_batch, tokens_per_second
+from benchmarks.peak import elmo_flops, record_rate
 from elmo_fast import Elmo, PRESETS, batch_to_ids
 from elmo_fast._backend import cpu_has_native_bf16
 from elmo_fast.testing import random_tf_weights, write_hdf5
@@ -30,7 +32,7 @@ def weight_files(tmp_path_factory):
     return files
 
 
-def _bench(benchmark, fn, rounds, n_tokens, **info):
+def _bench(benchmark, fn, rounds, n_tokens, flops=None, gemm_dtype=torch.float32, **info):
     fn()  # warm-up (allocator, lazy init, Triton compilation)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -38,6 +40,8 @@ def _bench(benchmark, fn, rounds, n_tokens, **info):
     benchmark.pedantic(fn, rounds=rounds, iterations=1)
     tokens_per_second(benchmark, n_tokens)
     benchmark.extra_info.update(device=DEVICE, threads=torch.get_num_threads(), **info)
+    if DEVICE == "cpu" and flops is not None:  # model FLOPs of every token (no credit for dedup)
+        record_rate(benchmark, flops, gemm_dtype)
     if DEVICE == "cuda":
         benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         benchmark.extra_info["device_name"] = torch.cuda.get_device_name()
@@ -88,6 +92,8 @@ def test_elmo_forward(benchmark, weight_files, config, shape, provider, threads)
         return out
 
     _bench(benchmark, run, 3 if config == "original" else 5, sum(map(len, batch)),
+           flops=elmo_flops(PRESETS[config], batch),
+           gemm_dtype=torch.bfloat16 if provider == "fast-bf16" else torch.float32,
            provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", mode="fwd", **info)
 
 
@@ -111,8 +117,8 @@ def test_elmo_forward_backward(benchmark, weight_files, config, shape, provider,
         if DEVICE == "cuda":
             torch.cuda.synchronize()
 
-    _bench(benchmark, run, 3, sum(map(len, batch)), provider=provider, config=config,
-           shape=f"{shape[0]}x{shape[1]}", mode="fwdbwd")
+    _bench(benchmark, run, 3, sum(map(len, batch)), flops=3 * elmo_flops(PRESETS[config], batch),
+           provider=provider, config=config, shape=f"{shape[0]}x{shape[1]}", mode="fwdbwd")
 
 
 @pytest.mark.parametrize("provider", ["eager", "fast", "fast+cache"])

@@ -13,7 +13,11 @@ the cpp backend with bf16 GEMM operands and fp32 state (inference only); "gemm_b
 runs only the GEMMs a fused forward must do -- per layer and direction one input-map GEMM over all
 steps, then per step the recurrent and projection GEMMs on the active rows -- through torch.mm
 (cuBLAS on a GPU, MKL on a CPU) into preallocated outputs: the lower bound the LSTM issue measures
-the fused op against ("within 1.5x of the GEMM-only lower bound").
+the fused op against ("within 1.5x of the GEMM-only lower bound"); "torch_lstm" (CPU) is what a
+user would pick instead: per layer and direction a `torch.nn.LSTM(proj_size=P)` (the same weights,
+no cell or projection clip: nn.LSTM has none) on packed sequences, with the same residuals.
+Every CPU row's extra_info has its GFLOP/s and fraction of the machine's GEMM peak in its GEMM
+dtype (benchmarks/peak.py): model FLOPs of the active rows, backward counted as 2x forward.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import pytest
 import torch
 
 from benchmarks.common import options
+from benchmarks.peak import lstm_flops, record_rate
 from elmo_fast._backend import available_backends, cpu_has_native_bf16
 from elmo_fast.modules.lstm import ElmoLstm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FAST = [b for b in ("cuda", "triton") if b in available_backends(DEVICE)] if DEVICE == "cuda" else ["cpp", "cpp_bf16"]
 FAST.append("gemm_bound")
+if DEVICE == "cpu":
+    FAST.append("torch_lstm")
 SHAPES = [(32, 20), (64, 40)]
 
 
@@ -81,6 +88,48 @@ def _gemm_bound_step(model: ElmoLstm, x: torch.Tensor, mask: torch.Tensor):
     return run
 
 
+def _torch_lstm_step(model: ElmoLstm, x: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor | None):
+    """The same biLSTM as torch.nn.LSTM(proj_size=P) modules, one per layer and direction, on packed
+    sequences (the reverse direction on each row reversed within its length), residuals above the
+    first layer as ElmoLstm adds them; no clips (nn.LSTM has none)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    lengths = mask.sum(1).cpu()
+    B, T, _ = x.shape
+    t = torch.arange(T)[None, :]
+    rev = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t).to(x.device)  # per-row reversal
+    lstms = {}
+    for k in range(model.num_layers):
+        for d in ("forward", "backward"):
+            cell = getattr(model, f"{d}_layer_{k}")
+            C4, P = cell.state_linearity.weight.shape
+            m = torch.nn.LSTM(cell.input_linearity.weight.shape[1], C4 // 4, proj_size=P, batch_first=True).to(x.device)
+            with torch.no_grad():
+                m.weight_ih_l0.copy_(cell.input_linearity.weight)
+                m.weight_hh_l0.copy_(cell.state_linearity.weight)
+                m.bias_ih_l0.copy_(cell.state_linearity.bias)
+                m.bias_hh_l0.zero_()
+                m.weight_hr_l0.copy_(cell.state_projection.weight)
+            m.requires_grad_(grad is not None)
+            lstms[d, k] = m
+
+    def run():
+        f, b = x, x.gather(1, rev[..., None].expand_as(x))
+        for k in range(model.num_layers):
+            outs = []
+            for d, inp in (("forward", f), ("backward", b)):
+                packed = pack_padded_sequence(inp, lengths, batch_first=True, enforce_sorted=False)
+                out, _ = pad_packed_sequence(lstms[d, k](packed)[0], batch_first=True, total_length=T)
+                outs.append(out + inp if k > 0 else out)
+            f, b = outs
+        if grad is not None:
+            (f * grad[..., : f.shape[-1]]).sum().add((b * grad[..., f.shape[-1] :]).sum()).backward()
+            for m in lstms.values():
+                m.zero_grad(set_to_none=True)
+
+    return run
+
+
 def _sync():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -103,7 +152,7 @@ def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
     torch.set_num_threads(threads)
     try:
         model = _model(preset)
-        model.set_backend({"eager": "torch", "cpp_bf16": "cpp", "gemm_bound": "torch"}.get(provider, provider))
+        model.set_backend({"eager": "torch", "cpp_bf16": "cpp", "gemm_bound": "torch", "torch_lstm": "torch"}.get(provider, provider))
         model.set_gemm_dtype(torch.bfloat16 if provider == "cpp_bf16" else None)
         x, mask = _inputs(*shape, model.hidden_size)
         if mode == "fwdbwd":
@@ -112,9 +161,13 @@ def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
             grad = torch.randn(model.num_layers, *x.shape[:2], 2 * model.hidden_size, device=DEVICE)
 
         bound = _gemm_bound_step(model, x, mask) if provider == "gemm_bound" else None
+        if provider == "torch_lstm":
+            bound = _torch_lstm_step(model, x, mask, grad[-1] if mode == "fwdbwd" else None)
 
         def step():
-            if bound is not None:
+            if provider == "torch_lstm" and mode == "fwdbwd":
+                bound()
+            elif bound is not None:
                 with torch.no_grad():
                     bound()
             elif mode == "fwd":
@@ -131,5 +184,10 @@ def test_elmo_lstm(benchmark, provider, mode, preset, shape, threads):
                                     tokens=shape[0] * (shape[1] + 2), threads=threads, steps=shape[1] + 2)
         benchmark.extra_info["ms_per_step"] = 1e3 * benchmark.stats.stats.min / (shape[1] + 2)
         benchmark.extra_info["tokens_per_s"] = benchmark.extra_info["tokens"] / benchmark.stats.stats.mean
+        if DEVICE == "cpu":
+            lstm = options(preset)["lstm"]
+            P, C = lstm["projection_dim"], lstm["dim"]
+            flops = lstm_flops(mask.sum(1), x.shape[1], P, C, P, lstm["n_layers"]) * (3 if mode == "fwdbwd" else 1)
+            record_rate(benchmark, flops, torch.bfloat16 if provider == "cpp_bf16" else torch.float32)
     finally:
         torch.set_num_threads(old)

@@ -1,0 +1,136 @@
+"""`elmo-fast embed` at corpus scale: sentences/s and peak RSS against the number of sentences, on the
+'tiny' preset (random weights in the published layout). Each size runs in its own process, so its
+peak RSS (`wait4`'s ru_maxrss) is that run's alone; vectors stream to disk, so it must stay flat.
+
+    OMP_WAIT_POLICY=ACTIVE python benchmarks/bench_embed.py --sizes 10000 100000 --out benchmarks/results/zen4/embed_cpu.md
+
+Sentences: the lines of ../shared/data/lm_corpus/train.txt (real text, 25 tokens on average), cycled
+to the size asked; random words where that corpus is absent. `--top` keeps the file at 2P x 4 bytes
+per token (1 KB with 'tiny').
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED_DATA = os.environ.get("ELMO_FAST_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
+TRAIN = os.path.join(SHARED_DATA, "lm_corpus", "train.txt")
+
+
+def write_corpus(path: str, n: int) -> int:
+    """`n` sentences into `path`; returns the number of tokens."""
+    if os.path.exists(TRAIN):
+        with open(TRAIN, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    else:
+        rng = random.Random(0)
+        words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 9))) for _ in range(5000)]
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 50))) for _ in range(10000)]
+    tokens = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for line in itertools.islice(itertools.cycle(lines), n):
+            f.write(line + "\n")
+            tokens += len(line.split())
+    return tokens
+
+
+def make_model(d: str) -> None:
+    import torch
+
+    from elmo_fast import ElmoBiLm, save_hdf5
+    from elmo_fast.options import save_options
+
+    torch.manual_seed(0)
+    bilm = ElmoBiLm("tiny", None)
+    save_options(bilm.options, os.path.join(d, "options.json"))
+    save_hdf5(bilm, os.path.join(d, "weights.hdf5"))
+
+
+def run_one(corpus: str, out: str, model: str, extra: list[str]) -> dict:
+    """One `elmo-fast embed` process: wall seconds and its own peak RSS."""
+    cmd = [sys.executable, "-m", "elmo_fast.cli", "embed", corpus, out, "--top", "--elmo", model, "--no-progress", *extra]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"embed failed: {err[-2000:]}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "file_mb": os.path.getsize(out) / 2**20}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def bench(sizes: list[int], modes: dict[str, list[str]], workdir: str) -> list[dict]:
+    model = os.path.join(workdir, "tiny")
+    os.makedirs(model, exist_ok=True)
+    make_model(model)
+    rows = []
+    for n in sizes:
+        corpus = os.path.join(workdir, f"corpus-{n}.txt")
+        tokens = write_corpus(corpus, n)
+        for name, extra in modes.items():
+            out = os.path.join(workdir, f"out-{n}-{name}.hdf5")
+            r = run_one(corpus, out, model, extra)
+            os.unlink(out)
+            r.update(sentences=n, tokens=tokens, mode=name, sentences_per_s=n / r["wall_s"], tokens_per_s=tokens / r["wall_s"])
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+        os.unlink(corpus)
+    return rows
+
+
+MODES = {
+    "allennlp (stateful, --batch-size 64)": [],
+    "stateless --max-tokens-per-batch 4096": ["--max-tokens-per-batch", "4096"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--modes", nargs="+", choices=["stateful", "stateless"], default=["stateful", "stateless"])
+    ap.add_argument("--out", default=None, help="markdown table to write (with a .json next to it)")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    modes = {k: v for k, v in MODES.items() if (k.startswith("allennlp") and "stateful" in args.modes)
+             or (k.startswith("stateless") and "stateless" in args.modes)}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+        rows = bench(args.sizes, modes, d)
+    if args.out:
+        import torch
+
+        head = (f"# `elmo-fast embed` at corpus scale ('tiny', --top)\n\nCPU: {cpu_name()}, {os.cpu_count()} cores; "
+                f"torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}. "
+                "Wall time includes the process start and the model load. Peak RSS is the process's own.\n\n"
+                "| sentences | tokens | mode | wall s | sentences/s | tokens/s | peak RSS MB | file MB |\n|---|---|---|---|---|---|---|---|\n")
+        body = "".join(f"| {r['sentences']:,} | {r['tokens']:,} | {r['mode']} | {r['wall_s']:.1f} | {r['sentences_per_s']:,.0f} | "
+                       f"{r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['file_mb']:,.0f} |\n" for r in rows)
+        with open(args.out, "w") as f:
+            f.write(head + body)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
