@@ -74,11 +74,14 @@ def load_options(options: OptionsLike) -> dict:
     elif isinstance(options, str) and options in PRESETS:
         return copy.deepcopy(PRESETS[options])
     else:
-        from .utils import resolve_file
+        from .pretrained import resolve_file
 
         where = resolve_file(options, "options file")
         if not os.path.exists(where):
-            raise FileNotFoundError(f"options file {where!r} does not exist (expected an ELMo options.json or one of {sorted(PRESETS)})")
+            from .pretrained import names
+
+            raise FileNotFoundError(f"options file {where!r} does not exist (expected an ELMo options.json, a preset "
+                                    f"{sorted(PRESETS)} or a published model {names()})")
         try:
             with open(where, encoding="utf-8") as f:
                 opts = json.load(f)

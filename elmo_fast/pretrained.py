@@ -67,7 +67,8 @@ MODELS: dict[str, PublishedModel] = {
     )
 }
 DEFAULT_MODEL = "original"
-_KINDS = {"options": "options", "options_file": "options", "weights": "weights", "weight_file": "weights"}
+_KINDS = {"options": "options", "options file": "options", "options_file": "options",
+          "weights": "weights", "weight file": "weights", "weight_file": "weights"}
 
 
 class DownloadError(OSError):
@@ -132,12 +133,13 @@ def resolve_file(name_or_path, kind: str = "file") -> str:
     'options' or 'weights'), an http(s) URL or public `s3://bucket/key` (fetched over https as
     AllenNLP's `cached_path` does; downloaded once into the cache), or a local path (`~` expanded).
 
-    `kind` also names the file in messages ('options file', 'weight file' are accepted as such)."""
+    `kind` ('options' / 'options file' or 'weights' / 'weight file'; anything else only names the file
+    in messages and resolves no model name)."""
     path = os.fspath(name_or_path)
     if path in MODELS and not os.path.exists(path) and kind in _KINDS:
-        m = MODELS[path]
-        f = m.file(kind)
-        return download(f.url, sha256=f.sha256, size=f.size, what=f"{path} {_kind(kind)} file")
+        f = MODELS[path].file(kind)
+        what = "options file" if _kind(kind) == "options" else "weight file"
+        return download(f.url, sha256=f.sha256, size=f.size, what=f"{path} {what}")
     if path.startswith("s3://"):
         bucket, _, key = path[len("s3://"):].partition("/")
         path = f"https://{bucket}.s3.amazonaws.com/{key}"

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .options import validate_options
-from .utils import atomic_path, resolve_file
+from .pretrained import resolve_file
+from .utils import atomic_path
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

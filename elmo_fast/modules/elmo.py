@@ -20,8 +20,10 @@ class Elmo(nn.Module):
     trainable scalar mixes of its layers.
 
     Args (as AllenNLP's `Elmo`):
-        options_file: options.json path (also a preset name or a dict).
+        options_file: options.json path or URL (also a preset name or a dict).
         weight_file: weights.hdf5 in the published layout, or an elmo_fast .safetensors checkpoint.
+            A published model's trained files come from `Elmo.from_pretrained(name, ...)` (or a
+            published name as both files); a preset name with weight_file=None has random weights.
         num_output_representations: how many differently-mixed representations to return.
         requires_grad: fine-tune the biLM weights (the mixes are trainable either way).
         do_layer_norm: normalise each layer with one batch-wide mean/variance before mixing.
@@ -60,8 +62,17 @@ class Elmo(nn.Module):
             if weight_file is None:
                 # AllenNLP requires the weights; here None is allowed (training from scratch) but
                 # must not pass unnoticed when a path was forgotten.
-                logger.warning("Elmo without a weight_file: the biLM has random weights (pass weights.hdf5 "
-                               "or a checkpoint to load a trained one)")
+                from ..options import PRESETS
+                from ..pretrained import MODELS
+
+                if isinstance(options_file, str) and options_file in PRESETS:
+                    trained = (f"Elmo.from_pretrained({options_file!r}, ...)" if options_file in MODELS else
+                               f"Elmo.from_pretrained(name, ...) with one of {', '.join(MODELS)}")
+                    logger.warning("Elmo(%r, None): the preset %r is options only, so the biLM has RANDOM weights; "
+                                   "for a published trained model use %s", options_file, options_file, trained)
+                else:
+                    logger.warning("Elmo without a weight_file: the biLM has random weights (pass weights.hdf5 "
+                                   "or a checkpoint to load a trained one)")
             self._elmo_lstm = ElmoBiLm(options_file, weight_file, requires_grad=requires_grad,
                                        vocab_to_cache=vocab_to_cache, stateful=stateful, backend=backend)
         self._has_cached_vocab = vocab_to_cache is not None
@@ -73,6 +84,21 @@ class Elmo(nn.Module):
                             initial_scalar_parameters=scalar_mix_parameters, trainable=scalar_mix_parameters is None)
             self.add_module(f"scalar_mix_{k}", mix)
             self._scalar_mixes.append(mix)
+
+    @classmethod
+    def from_pretrained(cls, name: str, num_output_representations: int, **kwargs) -> "Elmo":
+        """The published model `name` ('small', 'medium', 'original', 'original-5.5B'; see
+        `elmo_fast.pretrained.MODELS`), its files downloaded once into the cache; `kwargs` are the
+        constructor's (`requires_grad`, `dropout`, `stateful`, `backend`, ...).
+
+        >>> elmo = Elmo.from_pretrained("original", 2, dropout=0.0)
+        """
+        from ..pretrained import resolve_model
+
+        if "options_file" in kwargs or "weight_file" in kwargs or "module" in kwargs:
+            raise TypeError("from_pretrained takes the model by name; pass options_file/weight_file/module to Elmo(...) instead")
+        options, weights = resolve_model(name)
+        return cls(options, weights, num_output_representations, **kwargs)
 
     def get_output_dim(self) -> int:
         return self._elmo_lstm.get_output_dim()
