@@ -531,15 +531,18 @@ def _run(args) -> int:
     if cuda is None:
         cuda = local if torch.cuda.is_available() else -1
     info = distributed.setup("cpu" if cuda < 0 else "cuda")
+    previous = signal.getsignal(signal.SIGTERM) if threading_main() else None
     try:
         ee = ElmoEmbedder(options, weights, cuda, stateful=not stateless, backend=args.backend)
-        if threading_main():
+        if previous is not None:
             signal.signal(signal.SIGTERM, _interrupt)  # a launcher's stop: keep what is written, as Ctrl-C does
         n = write_embeddings(ee, lines, args.output_file, args.output_format or "all", batch_size,
                              args.forget_sentences, args.use_sentence_keys, max_tokens_per_batch=args.max_tokens_per_batch,
                              resume=args.resume, progress=not args.no_progress, tokenize=args.tokenize,
                              dist=info if info.enabled else None)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         distributed.teardown(info)
     if info.is_main:
         print(f"wrote {n} sentences to {args.output_file}")

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 #: AllenNLP's default model (`ElmoEmbedder()` with no arguments).
 DEFAULT_MODEL = "original"
-_PUBLISHED_FALLBACK = ("small", "medium", "original", "original-5.5B")
 
 
 class ElmoEmbedder:
@@ -141,38 +140,21 @@ class ElmoEmbedder:
                                 progress=progress, tokenize=tokenize)
 
 
-def _published_names() -> tuple[str, ...]:
-    try:
-        from . import pretrained
-    except ImportError:
-        return _PUBLISHED_FALLBACK
-    for attr in ("PUBLISHED", "MODELS", "REGISTRY", "PRETRAINED"):
-        names = getattr(pretrained, attr, None)
-        if names:
-            return tuple(names)
-    if hasattr(pretrained, "names"):
-        return tuple(pretrained.names())
-    return _PUBLISHED_FALLBACK
-
-
 def _is_published(name) -> bool:
-    return isinstance(name, str) and name in _published_names() and not os.path.exists(name)
+    from . import pretrained
+
+    return pretrained.is_published(name)
 
 
 def _published_files(name: str) -> tuple[str, str]:
-    """Local (options, weights) of a published model, downloaded once by `elmo_fast.pretrained`."""
-    try:
-        from . import pretrained
-    except ImportError:
-        raise ValueError(f"{name!r} names a published model, but this elmo_fast has no downloader (elmo_fast.pretrained); "
-                         "download its options.json and weights.hdf5 and pass their paths") from None
-    for fn in ("resolve", "resolve_model"):
-        if hasattr(pretrained, fn):
-            opts, weights = getattr(pretrained, fn)(name)[:2]
-            return os.fspath(opts), os.fspath(weights)
-    if hasattr(pretrained, "resolve_file"):
-        return (os.fspath(pretrained.resolve_file(name, "options")), os.fspath(pretrained.resolve_file(name, "weights")))
-    raise ValueError(f"elmo_fast.pretrained cannot resolve {name!r}; pass options_file and weight_file paths")
+    """Local (options, weights) of a published model, downloaded once into the cache by `elmo_fast.pretrained`."""
+    from . import pretrained
+
+    return tuple(os.fspath(p) for p in pretrained.resolve_model(name))
+
+
+def _looks_like_name(x) -> bool:
+    return isinstance(x, str) and not os.path.exists(os.path.expanduser(x)) and "/" not in x and not x.endswith((".json", ".hdf5"))
 
 
 def resolve_model_files(options_file, weight_file) -> tuple:
@@ -184,11 +166,12 @@ def resolve_model_files(options_file, weight_file) -> tuple:
     if options_file is None and weight_file is None:
         return _published_files(DEFAULT_MODEL)
     if weight_file is None:
-        if _is_published(options_file):
-            return _published_files(options_file)
+        if _is_published(options_file) or (_looks_like_name(options_file) and options_file not in PRESETS):
+            return _published_files(options_file)  # an unknown name: its error lists the published ones
+        from .pretrained import names
+
         raise ValueError(f"options_file {options_file!r} was given without weight_file; pass the weights.hdf5 that goes "
-                         "with it (an embedder with random weights is of no use), or a published model name "
-                         f"({', '.join(_published_names())})")
+                         f"with it (an embedder with random weights is of no use), or a published model name ({', '.join(names())})")
     if options_file is None:
         if _is_published(weight_file):
             return _published_files(weight_file)

@@ -259,3 +259,34 @@ def test_torchrun_two_ranks_write_the_file_one_process_writes(elmo_dir, sentence
     _assert_same(a, b, exact=True)
     if not mode:
         _assert_same(_allennlp(elmo_dir, tmp_path / "..", SENTENCES, "all", 3)[0], b)
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_work_and_resume_finishes_it(elmo_dir, tmp_path):
+    """A real signal, as a launcher or a job scheduler sends it, in a separate process."""
+    import signal
+    import time
+
+    src = tmp_path / "many.txt"
+    src.write_text("".join(f"{s} {i}\n" for i in range(40) for s in SENTENCES), encoding="utf-8")
+    out = tmp_path / "o.hdf5"
+    cmd = [sys.executable, "-m", "elmo_fast.cli", "embed", str(src), str(out), "--batch-size", "1", "--backend", "torch",
+           *_model_args(elmo_dir), "--no-progress"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "o.hdf5.partial").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "--resume continues" in err and not out.exists()
+    assert (tmp_path / "o.hdf5.partial.state").exists()
+    done = torch.load(tmp_path / "o.hdf5.partial.state", weights_only=False)["sentences"]
+    assert 0 < done < 40 * len(SENTENCES)
+    assert cli_main(cmd[3:] + ["--resume"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["many.txt", "o.hdf5"]
+    ref, ref_index = _allennlp(elmo_dir, tmp_path / "..", src.read_text(encoding="utf-8").splitlines(), "all", 1)
+    got, index = read_allennlp_hdf5(out)
+    assert index == ref_index
+    _assert_same(ref, got)

@@ -2,9 +2,6 @@
 the eager stateful biLM): the same shapes, dtypes, state carried across calls, empty sentences and files."""
 
 import io
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -171,12 +168,11 @@ def test_constructor_arguments(model, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             ElmoEmbedder(opts, weights, cuda_device=0)
-    # no files: AllenNLP's default model, resolved by the published-model registry (a stand-in here)
+    # no files: AllenNLP's default model, resolved by the published-model registry (its download stubbed)
+    import elmo_fast.pretrained
+
     asked = []
-    fake = types.ModuleType("elmo_fast.pretrained")
-    fake.resolve = lambda name, *a, **k: asked.append(name) or (opts, weights)
-    monkeypatch.setitem(sys.modules, "elmo_fast.pretrained", fake)
-    monkeypatch.setattr(elmo_fast, "pretrained", fake, raising=False)
+    monkeypatch.setattr(elmo_fast.pretrained, "resolve_model", lambda name: asked.append(name) or (opts, weights))
     a = ElmoEmbedder().embed_sentence(["x"])
     b = ElmoEmbedder("small").embed_sentence(["x"])
     assert asked == ["original", "small"]
@@ -184,3 +180,6 @@ def test_constructor_arguments(model, monkeypatch):
     np.testing.assert_array_equal(a, b)
     ElmoEmbedder(opts, weights)  # paths never ask the registry
     assert asked == ["original", "small"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"unknown ELMo model 'orignal'.*published models: small, medium, original"):
+        ElmoEmbedder("orignal")
