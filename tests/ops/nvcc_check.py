@@ -26,10 +26,10 @@ requires_nvcc = pytest.mark.skipif(nvcc() is None, reason="nvcc not found (insta
 
 def compile_check(src: str, out_dir) -> None:
     """Device code for sm_90 as the build makes it (ptxas -O3), host code at -O0 to keep the check
-    quick; against the CPU torch headers, with C10_USING_CUSTOM_GENERATED_MACROS standing in for the
+    quick; against the installed torch headers (C++20: torch 2.14 refuses C++17), with C10_USING_CUSTOM_GENERATED_MACROS standing in for the
     CUDA build's generated macros (TOOLCHAIN.md; the object is not linkable). Fails on any error and
     on any kernel that ptxas makes spill registers to local memory."""
-    cmd = [nvcc(), "-c", "-arch=sm_90", "-std=c++17", "-Xcompiler", "-O0", "--use_fast_math", "-Xptxas", "-v",
+    cmd = [nvcc(), "-c", "-arch=sm_90", "-std=c++20", "-Xcompiler", "-O0", "--use_fast_math", "-Xptxas", "-v",
            "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DTORCH_EXTENSION_NAME=_C_cuda", "-w",
            "-I" + os.path.join(ROOT, "csrc"), "-I" + sysconfig.get_paths()["include"],
            *("-I" + p for p in cpp_extension.include_paths()), src, "-o", os.path.join(str(out_dir), "k.o")]
