@@ -83,7 +83,8 @@ def test_bf16_variants_agree():
             outs[isa] = ops.packed_linear(x, packed, None, 77)
     finally:
         ops.gemm_isa(saved)
-    assert len(outs) >= 2, f"only {list(outs)} available"
+    if len(outs) < 2:
+        pytest.skip(f"only the {list(outs)} variant runs on this CPU: nothing to compare it with")
     first = next(iter(outs.values()))
     for isa, y in outs.items():
         assert_close(f"{isa} vs {next(iter(outs))}", first, y, atol=1e-4, rtol=1e-5)
