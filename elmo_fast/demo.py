@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 
 import numpy as np

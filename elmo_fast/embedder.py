@@ -133,7 +133,7 @@ class ElmoEmbedder:
         (`resume=True` continues an interrupted run). Stateful, the batches are AllenNLP's
         (consecutive lines, `batch_size` each) for its exact numbers; with `stateful=False` they are
         bucketed by length (`max_tokens_per_batch` caps rows x longest sentence)."""
-        from .embed import write_embeddings
+        from .embed_hdf5 import write_embeddings
 
         return write_embeddings(self, input_file, output_file_path, output_format, batch_size, forget_sentences,
                                 use_sentence_keys, max_tokens_per_batch=max_tokens_per_batch, resume=resume,

@@ -104,7 +104,7 @@ def get_model(name: str) -> PublishedModel:
     if name in MODELS:
         return MODELS[name]
     hint = ""
-    from .options import PRESETS
+    from .presets import PRESETS
 
     if name in PRESETS:  # 'tiny'
         hint = f"; {name!r} is a preset (options with random weights, for elmo-fast pretrain), not a published model"

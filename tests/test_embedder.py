@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import elmo_fast
 from elmo_fast import ElmoEmbedder
 from elmo_fast.options import save_options
 from elmo_fast.testing import assert_close, random_tf_weights, small_options, write_hdf5
