@@ -13,7 +13,7 @@ import logging
 import sys
 
 # module -> owner of a subcommand; each defines add_parser(subparsers) and sets func=...
-SUBCOMMANDS = ("elmo_fast.train.cli", "elmo_fast.classify.cli", "elmo_fast.embed", "elmo_fast.demo")
+SUBCOMMANDS = ("elmo_fast.train.cli", "elmo_fast.classify.cli", "elmo_fast.classify.predict", "elmo_fast.embed", "elmo_fast.demo")
 
 log = logging.getLogger("elmo_fast")
 

@@ -77,7 +77,7 @@ def finetune(bilm, head, train_docs: list[Document], y_train: np.ndarray, valid_
     """
     from tqdm.auto import tqdm
 
-    from .train import _log_loss
+    from .report import log_loss as _log_loss
 
     if len(train_docs) != len(y_train) or len(valid_docs) != len(y_valid):
         raise ValueError("documents and labels differ in length")

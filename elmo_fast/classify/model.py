@@ -61,8 +61,13 @@ class ElmoClassifierHead(nn.Module):
     def set_standardization(self, layers: torch.Tensor) -> None:
         """layers: `[L, N_tokens, 2P]` training tokens (no padding) -> per-layer mean/std buffers."""
         x = layers.float()
-        self.feature_mean.copy_(x.mean(1)[:, None, None, :])
-        self.feature_std.copy_(x.std(1).clamp_min(1e-3)[:, None, None, :])
+        self.set_feature_stats(x.mean(1), x.std(1))
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-layer mean and std `[L, 2P]` of the training tokens (`LayerCache.layer_stats`)."""
+        self.feature_mean.copy_(mean[:, None, None, :])
+        self.feature_std.copy_(std.clamp_min(1e-3)[:, None, None, :])
 
     def forward(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         layers = (layers - self.feature_mean) / self.feature_std * mask[None, :, :, None].to(layers.dtype)

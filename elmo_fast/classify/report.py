@@ -27,6 +27,13 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
     }
 
 
+def log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    """Cross-entropy of probabilities `p` `[N, K]` for labels `y` (every class counted, present or not)."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    return float(sk_log_loss(y, p, labels=np.arange(p.shape[1])))
+
+
 def plot_confusion(matrix, class_names: list[str], path: str, title: str = "Confusion matrix (test)") -> None:
     import matplotlib
 

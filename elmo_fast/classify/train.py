@@ -15,8 +15,9 @@ from torch import nn
 
 from ..utils import UsageError, atomic_path, check_output_dir, is_int, require_extra
 from .data import LabeledTexts, stratified_split
-from .features import LayerCache, compute_layers, tokenize_documents
+from .features import DEFAULT_MEMORY_BUDGET, LayerCache, compute_layers, tokenize_documents
 from .model import ENCODERS, ElmoClassifierHead
+from .report import log_loss as _log_loss
 
 # The least integer each option can take. Checked before any work: a zero batch size or epoch count
 # used to fail (or, for max_tokens=0, silently give every document zero tokens) only after the ELMo
@@ -135,7 +136,7 @@ def train_head(train: LayerCache, y_train: np.ndarray, valid: LayerCache, y_vali
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head = ElmoClassifierHead(train.num_layers, train.dim, num_classes, encoder=encoder, hidden=hidden, dropout=dropout)
-    head.set_standardization(train.layers[:, :: max(1, train.layers.shape[1] // 200_000)])
+    head.set_feature_stats(*train.layer_stats())
     head = head.to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     use_amp = device.type == "cuda"
@@ -204,12 +205,6 @@ def bow_probabilities(train: LabeledTexts, *others: LabeledTexts, C: float = 10.
     return out
 
 
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(y, p, labels=np.arange(p.shape[1])))
-
-
 def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
     """Weighted geometric mean of the two models' probabilities (w on ELMo), renormalised."""
     logp = w * np.log(p_elmo + 1e-9) + (1 - w) * np.log(p_bow + 1e-9)
@@ -218,17 +213,23 @@ def combine(p_elmo: np.ndarray, p_bow: np.ndarray, w: float) -> np.ndarray:
 
 
 def load_bilm(elmo_dir: str, backend: str | None = None, device=None):
-    """The frozen biLM of an ELMo directory (`options.json` + `weights.hdf5`, e.g. from `elmo-fast pretrain`)."""
+    """The frozen biLM of an ELMo directory (`options.json` + `weights.hdf5`, e.g. from `elmo-fast pretrain`)
+    or of a published model name ('original', ...; see `elmo_fast.pretrained`), downloaded once."""
+    from .. import pretrained
     from ..modules.bilm import ElmoBiLm
 
-    if isinstance(elmo_dir, str) and not os.path.isdir(elmo_dir):
-        raise FileNotFoundError(f"ELMo directory {elmo_dir!r} does not exist; it must hold options.json and weights.hdf5 "
-                                "(e.g. the --out of `elmo-fast pretrain`)")
-    options = os.path.join(elmo_dir, "options.json")
-    weights = os.path.join(elmo_dir, "weights.hdf5")
-    for p in (options, weights):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{p} is missing; an ELMo directory holds options.json and weights.hdf5 (from `elmo-fast pretrain`)")
+    if pretrained.is_published(elmo_dir):
+        options, weights = pretrained.resolve_model(elmo_dir)
+    else:
+        if isinstance(elmo_dir, str) and not os.path.isdir(elmo_dir):
+            raise FileNotFoundError(f"ELMo directory {elmo_dir!r} does not exist; it must hold options.json and weights.hdf5 "
+                                    f"(e.g. the --out of `elmo-fast pretrain`), or name a published model "
+                                    f"({', '.join(pretrained.names())})")
+        options = os.path.join(elmo_dir, "options.json")
+        weights = os.path.join(elmo_dir, "weights.hdf5")
+        for p in (options, weights):
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"{p} is missing; an ELMo directory holds options.json and weights.hdf5 (from `elmo-fast pretrain`)")
     bilm = ElmoBiLm(options, weights, requires_grad=False, stateful=False, backend=backend)
     return bilm.to(device) if device is not None else bilm
 
@@ -237,6 +238,7 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
              valid_fraction: float = 0.1, max_tokens: int | None = 200, encoder: str = "bilstm", hidden: int = 128,
              max_epochs: int = 30, patience: int = 5, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.3, seed: int = 0,
              baseline: bool = True, bow: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-4,
+             memory_budget: int | None = DEFAULT_MEMORY_BUDGET, cache_dir: str | None = None, elmo: str | None = None,
              progress: bool = True, log=print) -> dict:
     """The whole pipeline with a frozen ELMo: tokenize, cache the biLM layers, train the head with
     early stopping on `valid` (default: a stratified `valid_fraction` of `train`), evaluate on `test`.
@@ -248,8 +250,14 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
     and combines the two by a weighted geometric mean whose weight is chosen on the validation
     split; `accuracy` is then the combination's, and `elmo_only` / `bow_only` hold the parts.
 
+    The layer caches of the three splits share `memory_budget` bytes (None: no limit); what does not
+    fit goes to temporary files under `cache_dir` (default: the system's temporary folder), with the
+    same results.
+
     Writes (when `out_dir` is given) metrics.json, report.txt, confusion_matrix.png, predictions.csv
-    and classifier.pt. Returns the metrics dict (accuracy, macro_f1, per_class, ...).
+    and classifier.pt (the head, the class names, the tokenization and the biLM's options, plus
+    `elmo`, where the ELMo came from: a directory or a published name, for `elmo-fast predict`).
+    Returns the metrics dict (accuracy, macro_f1, per_class, ...).
 
     Raises ValueError before any ELMo work for options it cannot use (`check_options`), data that
     cannot give a classifier (`check_data`: e.g. a single training class) and an `out_dir` that
@@ -273,7 +281,16 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
             for name, d in (("train", train), ("valid", valid), ("test", test))}
     timings["tokenize_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    caches = {name: compute_layers(bilm, docs[name], progress=progress, desc=f"ELMo {name}") for name in docs}
+    caches, budget = {}, memory_budget
+    for name in docs:
+        caches[name] = compute_layers(bilm, docs[name], progress=progress, desc=f"ELMo {name}", memory_budget=budget,
+                                      cache_dir=cache_dir)
+        if budget is not None and not caches[name].on_disk:
+            budget -= caches[name].nbytes
+    spilled = [n for n, c in caches.items() if c.on_disk]
+    if spilled:
+        log(f"layer cache: {', '.join(spilled)} on disk in {caches[spilled[0]].location} "
+            f"({sum(c.nbytes for c in caches.values()) / 2**30:.2f} GiB in all, memory budget {memory_budget / 2**30:.2f} GiB)")
     timings["elmo_s"] = time.perf_counter() - t0
     n_tok = sum(int(c.lengths().sum()) for c in caches.values())
     timings["elmo_tokens_per_s"] = n_tok / max(timings["elmo_s"], 1e-9)
@@ -322,7 +339,8 @@ def classify(train: LabeledTexts, test: LabeledTexts, bilm, out_dir: str | None 
         metrics["tfidf_svm"] = tfidf_svm_baseline(train, test)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        state = {"config": head.config, "state_dict": head.state_dict(), "class_names": train.class_names}
+        state = {"config": head.config, "state_dict": head.state_dict(), "class_names": train.class_names,
+                 "max_tokens": max_tokens, "bilm_options": bilm.options, "elmo": elmo, "bow": bow}
         if finetune_epochs > 0:
             state["bilm_state_dict"] = bilm.state_dict()  # the fine-tuned biLM belongs to this head
         with atomic_path(os.path.join(out_dir, "classifier.pt")) as tmp:
