@@ -9,8 +9,9 @@
 //
 // Tensors are ordinary CPU tensors whose storage returns its block here when the last reference
 // dies (from any thread). Only blocks of at least kMinBytes are pooled; the cache holds at most
-// `limit` bytes of free blocks (ELMO_FAST_CPU_POOL_MB, default 1024; 0 disables the pool), and
-// cpu_pool_clear() hands them all back to the OS.
+// `limit` bytes of free blocks (ELMO_FAST_CPU_POOL_MB, default 1024; 0 disables the pool), a block
+// that no request took within the last 256 pooled requests goes back to the OS (so the cache holds
+// the sizes in use, not every size seen), and cpu_pool_clear() hands them all back.
 #pragma once
 
 #include <torch/extension.h>

@@ -470,6 +470,30 @@ def test_pooled_buffers_match_reference_and_carry_no_stale_data():
     assert torch.ops.elmo_fast.cpu_pool_cached_bytes() == 0
 
 
+def test_cpu_pool_hands_back_sizes_no_longer_asked_for():
+    """A free block that no request takes within 256 pooled requests goes back to the OS, so a run
+    whose buffer sizes drift (inference over length-bucketed batches) holds the sizes in use, not
+    every size it has seen. packed_linear packs x into a pooled buffer of M x K floats."""
+    ops = torch.ops.elmo_fast
+    w = ops.gemm_pack(torch.randn(1024, 16))
+
+    def run(m, times):
+        x = torch.randn(m, 1024)
+        for _ in range(times):
+            ops.packed_linear(x, w, None, 16)
+
+    ops.cpu_pool_clear()
+    run(3000, 300)
+    steady = ops.cpu_pool_cached_bytes()
+    assert steady >= 3000 * 1024 * 4  # the block in use stays cached
+    ops.cpu_pool_clear()
+    run(1100, 1)  # a block too small for the 3000-row requests, never taken again
+    assert ops.cpu_pool_cached_bytes() >= 1100 * 1024 * 4
+    run(3000, 300)
+    assert ops.cpu_pool_cached_bytes() == steady
+    ops.cpu_pool_clear()
+
+
 def test_cpu_pool_can_be_disabled(tmp_path):
     """ELMO_FAST_CPU_POOL_MB=0 turns the pool off (plain allocations, nothing cached), same results;
     a malformed value is a clear error."""
