@@ -39,6 +39,15 @@ def _bump_versions_after_fused_step(optimizer: torch.optim.Optimizer, args, kwar
 _FUSED_STEP_HOOK = register_optimizer_step_post_hook(_bump_versions_after_fused_step)
 
 
+def weight_key(w: torch.Tensor) -> tuple:
+    """What identifies a weight's values for a derived copy, here and in the word-vector cache
+    (ops/char_cnn/cache.py): the version moves on in-place updates; the data pointer changes when
+    `param.data = other` swaps the storage, which keeps the version count. A holder of the key must
+    also hold `w.untyped_storage()`: were it freed, a replacement storage could be allocated at the
+    same address with the same version count and match."""
+    return (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
+
+
 # Not traced by torch.compile: a lookup keyed on object identity and `_version` is host-side
 # bookkeeping; traced, every call site recompiled until dynamo's recompile limit.
 @torch.compiler.disable
@@ -46,13 +55,10 @@ def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torc
     """`make(w.detach())`, cached per weight and `kind` until `w` changes."""
     copies = _COPIES.setdefault(kind, WeakIdKeyDictionary())
     hit = copies.get(w)
-    # The data pointer too: `param.data = other` swaps the storage and keeps the version count.
-    key = (w._version, w.shape, w.data_ptr())
+    key = weight_key(w)
     if hit is not None and hit[0] == key:
         return hit[1]
     copy = make(w.detach())
-    # The entry holds the storage it was made from: were it freed, a later replacement storage
-    # could be allocated at the same address (with the same version count) and match the key.
     copies[w] = (key, copy, w.untyped_storage())
     return copy
 

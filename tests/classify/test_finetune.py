@@ -13,7 +13,7 @@ from elmo_fast.classify.features import compute_layers
 from elmo_fast.classify.finetune import document_layers, finetune, predict_documents
 from elmo_fast.classify.model import ElmoClassifierHead
 from elmo_fast.testing import assert_close, small_options
-from tests.classify.test_model import DOCS
+from tests.classify.helpers import DOCS
 
 
 @pytest.fixture(params=["torch", "cpp"])

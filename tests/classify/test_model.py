@@ -8,20 +8,13 @@ from elmo_fast.classify.features import LayerCache, compute_layers
 from elmo_fast.classify.model import ElmoClassifierHead, masked_pool
 from elmo_fast.classify.text import document_sentences
 from elmo_fast.testing import assert_close, small_options
+from tests.classify.helpers import DOCS
 
 
 @pytest.fixture(scope="module")
 def bilm():
     torch.manual_seed(0)
     return ElmoBiLm(small_options(dim=20, proj=7), None, stateful=False, backend="torch")
-
-
-DOCS = [
-    [["Stocks", "fell", "."], ["Oil", "rose", "sharply", "on", "Monday", "."]],
-    [["One"]],
-    [],  # empty document: one zero position
-    [["A", "title"], ["The", "body", "has", "a", "sentence", "of", "nine", "tokens", "."], ["And", "another"]],
-]
 
 
 def test_layer_cache_equals_bilm_per_sentence(bilm):

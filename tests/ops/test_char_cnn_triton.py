@@ -18,7 +18,7 @@ from elmo_fast.ops.char_cnn import function as cnn_function  # noqa: E402
 from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, TritonHighwayFunction, char_cnn_conv_max  # noqa: E402
 from elmo_fast.ops.char_cnn.triton_impl import highway_fwd, tail_starts  # noqa: E402
 from elmo_fast.testing import TOLERANCES, assert_close, random_char_ids  # noqa: E402
-from tests.ops.test_char_cnn import check_nan_propagates, flat, make_params, mixed_ids  # noqa: E402
+from tests.ops.char_cnn_helpers import check_nan_propagates, flat, make_params, mixed_ids  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FILTERS = ((1, 4), (2, 5), (7, 17))  # 17 filters: two 16-wide filter blocks, the second ragged

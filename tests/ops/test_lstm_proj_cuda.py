@@ -31,7 +31,7 @@ def _require_cuda_ext():
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
 def test_cuda_matches_reference(reverse, clips, exact_fp32):
     _require_cuda_ext()
-    from tests.ops.test_lstm_proj import NAMES, make_inputs, run
+    from tests.ops.lstm_proj_helpers import NAMES, make_inputs, run
 
     x, lengths, ws, h0, c0 = make_inputs(B=7, T=9, I=5, C=300, P=6, scale=2.0)  # C > one 256-thread block
     x, ws, h0, c0 = x.cuda(), [w.cuda() for w in ws], h0.cuda(), c0.cuda()
@@ -49,7 +49,7 @@ def test_cuda_other_dtypes(dtype, exact_fp32):
     inside): output error vs the fp64 reference at most 2x that of eager run in the same dtype."""
     _require_cuda_ext()
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
-    from tests.ops.test_lstm_proj import check_low_precision, make_inputs
+    from tests.ops.lstm_proj_helpers import check_low_precision, make_inputs
 
     x, lengths, ws, h0, c0 = make_inputs(B=7, T=9, I=5, C=300, P=6, dtype=torch.float64, scale=2.0)
     x, ws, h0, c0 = x.cuda(), [w.cuda() for w in ws], h0.cuda(), c0.cuda()
@@ -70,7 +70,7 @@ def test_cuda_other_dtypes(dtype, exact_fp32):
 def test_cuda_half_precision_state(dtype, reverse, exact_fp32):
     """fp32 cell state and cached gate activations for bf16/fp16 models: see check_half_state."""
     _require_cuda_ext()
-    from tests.ops.test_lstm_proj import check_half_state
+    from tests.ops.lstm_proj_helpers import check_half_state
 
     check_half_state("cuda", dtype, "cuda", reverse)
 
@@ -78,6 +78,6 @@ def test_cuda_half_precision_state(dtype, reverse, exact_fp32):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_nan_state_propagates_like_eager():
     _require_cuda_ext()
-    from tests.ops.test_lstm_proj import check_nan_state
+    from tests.ops.lstm_proj_helpers import check_nan_state
 
     check_nan_state("cuda", "cuda")

@@ -59,7 +59,7 @@ def fwd_path(request, monkeypatch):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("clips", [(None, None), (0.7, 0.4)])
 def test_triton_matches_reference(reverse, clips, fwd_path):
-    from tests.ops.test_lstm_proj import make_inputs, run
+    from tests.ops.lstm_proj_helpers import make_inputs, run
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, scale=2.0, lengths=torch.tensor([6, 1, 0, 4, 6]))
@@ -81,7 +81,7 @@ def test_triton_fp64_is_computed_in_fp64(fwd_path):
     value as fp32, so outputs were off by ~4e-7 and a length-0 row's state came back rounded. fp64
     takes the per-step kernels (computing in fp64) even where the fp32 time loop would run."""
     from elmo_fast.ops.lstm_proj import triton_impl
-    from tests.ops.test_lstm_proj import make_inputs, run
+    from tests.ops.lstm_proj_helpers import make_inputs, run
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, scale=2.0, dtype=torch.float64,
@@ -112,7 +112,7 @@ def _time_loop_args(triton_impl, x, lengths, ws, h0, c0):
 
 @here
 def test_triton_nan_state_propagates_like_eager(fwd_path):
-    from tests.ops.test_lstm_proj import check_nan_state
+    from tests.ops.lstm_proj_helpers import check_nan_state
 
     check_nan_state("triton", _device())
 
@@ -120,7 +120,7 @@ def test_triton_nan_state_propagates_like_eager(fwd_path):
 @here
 def test_triton_no_grad_path(fwd_path):
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
-    from tests.ops.test_lstm_proj import make_inputs
+    from tests.ops.lstm_proj_helpers import make_inputs
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=4, T=5, I=3, C=8, P=3, lengths=torch.tensor([2, 5, 1, 3]))
@@ -135,7 +135,7 @@ def test_triton_no_grad_path(fwd_path):
 @here
 def test_time_loop_several_programs_and_padded_sizes(fwd_path):
     """B > 16 rows (two programs of the time-loop kernel), C and P not powers of two, unsorted lengths."""
-    from tests.ops.test_lstm_proj import make_inputs, run
+    from tests.ops.lstm_proj_helpers import make_inputs, run
 
     dev = _device()
     lengths = torch.tensor([3, 7, 1, 7, 0, 5, 2, 6, 4, 7, 1, 3, 5, 6, 2, 7, 4, 3, 1, 6, 5])
@@ -155,7 +155,7 @@ def test_time_loop_several_programs_and_padded_sizes(fwd_path):
 def test_low_precision_within_2x_of_eager(dtype, fwd_path):
     """bf16/fp16 weights and activations (fp32 math inside): output error vs the fp32 reference at
     most 2x that of the eager reference run in the same dtype."""
-    from tests.ops.test_lstm_proj import check_low_precision, make_inputs
+    from tests.ops.lstm_proj_helpers import check_low_precision, make_inputs
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))
@@ -169,7 +169,7 @@ def test_half_precision_state(dtype, reverse, fwd_path):
     """fp32 cell state and cached gate activations for bf16/fp16 models (issue #4): see
     check_half_state; both forward paths, both directions."""
     from elmo_fast.ops.lstm_proj.function import state_dtype
-    from tests.ops.test_lstm_proj import check_half_state
+    from tests.ops.lstm_proj_helpers import check_half_state
 
     check_half_state("triton", dtype, _device(), reverse)
     assert state_dtype(dtype) == torch.float32
@@ -182,7 +182,7 @@ def test_follows_autocast(monkeypatch, fwd_path):
     fp16, the outputs are fp16 within 2x the error of eager under the same autocast, and every
     gradient reaches the fp32 leaves. fp64 inputs stay fp64 (autocast leaves them alone too)."""
     from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref, triton_impl
-    from tests.ops.test_lstm_proj import make_inputs
+    from tests.ops.lstm_proj_helpers import make_inputs
 
     dev = _device()
     x, lengths, ws, h0, c0 = make_inputs(B=5, T=6, I=3, C=19, P=4, lengths=torch.tensor([6, 1, 0, 4, 6]))

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..weight_copies import weight_key
 from .function import unique_tokens
 
 
@@ -52,19 +53,15 @@ class WordVectorCache:
         self._signature = None
         self._storages: list = []
 
-    @staticmethod
-    def _weights_signature(params: Sequence[torch.Tensor]) -> tuple:
-        return tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype, p.device) for p in params)
-
     def lookup(self, char_ids: torch.Tensor, params: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor],
                variant=None) -> torch.Tensor:
         """Vectors `[N, P]` for `char_ids` `[N, W]`; `compute(ids [M, W]) -> [M, P]` fills the misses.
         `variant` names anything else the vectors depend on (e.g. the GEMM precision): a change drops them."""
-        signature = (self._weights_signature(params), variant)
+        signature = (tuple(weight_key(p) for p in params), variant)
         if signature != self._signature:
             self._store.clear()
             self._signature = signature
-            # Held so that no replacement weight can be allocated at a signature's address.
+            # Held so that no replacement weight can be allocated at a signature's address (weight_key).
             self._storages = [p.untyped_storage() for p in params]
         if char_ids.shape[0] == 0:
             return compute(char_ids)
