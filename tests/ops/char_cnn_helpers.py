@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from elmo_fast import _ext
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.ops.char_cnn.function import char_cnn_conv_max
+from elmo_fast.ops.char_cnn.reference import conv_max_ref
 from elmo_fast.testing import random_char_ids
 
 requires_cpp = pytest.mark.skipif(_ext.cpp_ext() is None, reason=f"C++ extension not built: {_ext.load_error('_C')}")
@@ -65,8 +65,7 @@ def check_nan_propagates(backend: str, device: str = "cpu") -> None:
                 params[0][int(ids[0, 2])] = float("nan")  # a character of the first word
         params = [p.to(device) if isinstance(p, torch.Tensor) else [q.to(device) for q in p] for p in params]
         emb, ws, bs = params[0], params[1], params[2]
-        ref_feats = torch.cat([torch.relu(F.conv1d(F.embedding(ids, emb).transpose(1, 2), w, b).max(-1).values)
-                               for w, b in zip(ws, bs)], -1)
+        ref_feats, _ = conv_max_ref(ids, emb, ws, bs, "relu")
         feats, _ = char_cnn_conv_max(ids, emb, ws, bs, "relu", backend=backend)
         assert torch.isnan(ref_feats).any(), where
         assert torch.equal(torch.isnan(feats), torch.isnan(ref_feats)), f"{where}: NaN features differ from eager's"

@@ -12,8 +12,8 @@ import torch
 from elmo_fast import _ext
 from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close
-from tests.ops.nvcc_check import ROOT, compile_check, requires_nvcc
 from tests.ops.char_cnn_helpers import check_nan_propagates, flat, make_params, mixed_ids
+from tests.ops.nvcc_check import ROOT, compile_check, requires_nvcc
 
 SOURCE = os.path.join(ROOT, "csrc", "char_cnn", "char_cnn_cuda.cu")
 

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 from ... import _ext
 from ..._backend import backend_available, choose_backend, gpu_autocast_dtype
 from ..weight_copies import bf16_copy, gemm_packed_bf16_t, gemm_packed_t
-from .reference import char_cnn_ref, highway_gate_ref
+from .reference import char_cnn_ref, conv_max_backward_ref, conv_max_ref, highway_gate_ref
 
 SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
@@ -84,39 +84,6 @@ def _check(char_ids, char_embedding, conv_weights, conv_biases, highway_weights,
 # Backends of the fused conv + max + activation: (features [N, F], argmax int32 [N, F]).
 
 
-def _conv_max_torch(char_ids, emb, weights, biases, activation):
-    """Eager version of the fused op (also its fp64 oracle): conv1d per width, max, activation."""
-    x = F.embedding(char_ids, emb).transpose(1, 2)  # [N, E, W]
-    feats, idx = [], []
-    for w, b in zip(weights, biases):
-        y, a = F.conv1d(x, w, b).max(dim=-1)  # [N, F_i]
-        feats.append(torch.relu(y) if activation == "relu" else torch.tanh(y))
-        idx.append(a)
-    return torch.cat(feats, -1), torch.cat(idx, -1).to(torch.int32)
-
-
-def _conv_max_bwd_torch(grad, char_ids, emb, weights, feats, argmax, activation):
-    """Reference backward through the argmax, in plain PyTorch (used by the 'torch' backend)."""
-    dpre = grad * (feats > 0) if activation == "relu" else grad * (1 - feats * feats)
-    N, W = char_ids.shape
-    E = emb.shape[1]
-    grad_emb = torch.zeros_like(emb)
-    gw, gb, off = [], [], 0
-    x = F.embedding(char_ids, emb)  # [N, W, E]
-    for w in weights:
-        Fi, _, width = w.shape
-        d = dpre[:, off : off + Fi]  # [N, F_i]
-        pos = argmax[:, off : off + Fi].long()[..., None] + torch.arange(width, device=w.device)  # [N, F_i, w]
-        win = x[torch.arange(N, device=w.device)[:, None, None], pos]  # [N, F_i, w, E]
-        gw.append(torch.einsum("nf,nfje->fej", d, win))
-        gb.append(d.sum(0))
-        contrib = d[..., None, None] * w.permute(0, 2, 1)[None]  # [N, F_i, w, E]
-        ids = char_ids.gather(1, pos.reshape(N, -1)).reshape(-1)
-        grad_emb.index_add_(0, ids, contrib.reshape(-1, E))
-        off += Fi
-    return grad_emb, gw, gb
-
-
 def _conv_max_cpp(char_ids, emb, weights, biases, activation):
     _ext.require_cpp()
     return torch.ops.elmo_fast.char_cnn_conv_max(char_ids, emb, list(weights), list(biases), activation)
@@ -139,13 +106,13 @@ def _conv_max_cuda(char_ids, emb, weights, biases, activation):
 
 
 _FWD = {
-    "torch": _conv_max_torch,
+    "torch": conv_max_ref,
     "cpp": _conv_max_cpp,
     "cuda": _conv_max_cuda,
     "triton": lambda *a: _triton().char_cnn_conv_max_fwd(*a),
 }
 _BWD = {
-    "torch": _conv_max_bwd_torch,
+    "torch": conv_max_backward_ref,
     "cpp": _conv_max_bwd_cpp,
     "cuda": _conv_max_bwd_cpp,  # the same registered op; the dispatcher picks the CUDA kernel
     "triton": lambda *a: _triton().char_cnn_conv_max_bwd(*a),
