@@ -21,12 +21,10 @@ import itertools
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 
-from bench_embed import TRAIN, cpu_name, make_model
+from bench_embed import TRAIN, cpu_name, make_model, run_measured
 
 
 def _sentences():
@@ -56,18 +54,11 @@ def write_split(path: str, n: int, sents, rng: random.Random) -> int:
 def run_one(train: str, test: str, model: str, out: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "elmo_fast.cli", "classify", "--train", train, "--test", test, "--elmo", model,
            "--out", out, "--encoder", "pool", "--hidden", "32", "--epochs", "1", "--no-baseline", "--no-progress", *extra]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    log = p.stdout.read().decode()
-    p.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"classify failed: {log[-3000:]}")
+    wall, rss, log = run_measured(cmd, "classify")
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     spill = [line for line in log.splitlines() if line.startswith("layer cache:")]
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "elmo_s": m["timings"]["elmo_s"],
+    return {"wall_s": wall, "peak_rss_mb": rss, "elmo_s": m["timings"]["elmo_s"],
             "elmo_tokens_per_s": m["timings"]["elmo_tokens_per_s"], "spill": spill[0] if spill else "in memory"}
 
 

@@ -56,18 +56,26 @@ def make_model(d: str) -> None:
     save_hdf5(bilm, os.path.join(d, "weights.hdf5"))
 
 
+def run_measured(cmd: list[str], what: str) -> tuple[float, float, str]:
+    """Run `cmd` in its own process: (wall s, its own peak RSS in MB, its stdout + stderr). The output
+    goes to a temporary file, not a pipe, so a chatty child never blocks on a full pipe."""
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{what} failed: {text[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, text
+
+
 def run_one(corpus: str, out: str, model: str, extra: list[str]) -> dict:
     """One `elmo-fast embed` process: wall seconds and its own peak RSS."""
     cmd = [sys.executable, "-m", "elmo_fast.cli", "embed", corpus, out, "--top", "--elmo", model, "--no-progress", *extra]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"embed failed: {err[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "file_mb": os.path.getsize(out) / 2**20}
+    wall, rss, _ = run_measured(cmd, "embed")
+    return {"wall_s": wall, "peak_rss_mb": rss, "file_mb": os.path.getsize(out) / 2**20}
 
 
 def cpu_name() -> str:
