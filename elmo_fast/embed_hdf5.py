@@ -24,6 +24,8 @@ LAYER_MODES = ("all", "top", "average")
 #: sentences sorted by length together when batches are bucketed (bounded memory, short padding)
 BUCKET_POOL = 20_000
 CHECKPOINT_SECONDS = 30.0
+# how often freed heap memory goes back to the OS (utils.release_freed_memory): keeps peak RSS flat
+TRIM_SECONDS = 2.0
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -256,7 +258,7 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
     import h5py
     from tqdm.auto import tqdm
 
-    from .utils import UsageError, is_int
+    from .utils import UsageError, is_int, release_freed_memory
 
     if output_format not in LAYER_MODES:
         raise UsageError(f"output_format must be one of {LAYER_MODES}, got {output_format!r}")
@@ -301,6 +303,7 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
         bar = tqdm(total=total, initial=sentences, desc="embedding", unit="sent", dynamic_ncols=True,
                    disable=not progress or rank != 0)
         start, tokens, last_save = time.perf_counter(), 0, time.monotonic()
+        last_trim = last_save
         k = 0
         saved = (done, sentences, lstm._states)
         try:
@@ -320,6 +323,9 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
                     saved = (k + 1, sentences, lstm._states if stateful else None)
                     bar.update(len(rows))
                     bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s", refresh=False)
+                    if time.monotonic() - last_trim > TRIM_SECONDS:
+                        release_freed_memory()
+                        last_trim = time.monotonic()
                     if time.monotonic() - last_save > CHECKPOINT_SECONDS:
                         f.flush()
                         _save_state(state_path, fingerprint, *saved)

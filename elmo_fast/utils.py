@@ -159,3 +159,28 @@ def resolve_device(device) -> torch.device:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UsageError(f"device {device!r} is not usable here ({first}); use cpu or cuda") from None
     return dev
+
+
+_libc_trim = None
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory that glibc keeps after `free` back to the OS (`malloc_trim(0)`).
+
+    A long embedding run allocates and frees many differently sized arrays per batch; glibc keeps the
+    freed chunks, so without this the peak RSS creeps up with the corpus size even though the live data
+    does not. A no-op where glibc is not the allocator (macOS, Windows, musl)."""
+    global _libc_trim
+    if _libc_trim is None:
+        _libc_trim = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc_trim = lib.malloc_trim
+            _libc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            pass
+    if _libc_trim:
+        _libc_trim(0)

@@ -43,6 +43,20 @@ def test_cache_is_bounded_lru():
         assert cache.hits == hits + 4
 
 
+def test_cache_batch_larger_than_the_cache():
+    """A batch with more new words than `max_entries`, and one mixing hits with evictions: the values
+    are the reference's (hits are read before new words reuse their slots) and the bound holds."""
+    params = make_params()
+    cache = WordVectorCache(max_entries=3)
+    ids = random_char_ids(8, seed=7)
+    with torch.no_grad():
+        for batch in (ids[:7], ids[[5, 6, 0, 1, 2]], ids[[6, 7, 3, 2]], ids):
+            out = char_cnn(batch, *params, cache=cache)
+            assert_close("over-full cache", char_cnn_ref(batch, *params).detach(), out)
+            assert len(cache) == 3
+    assert cache.hits > 0
+
+
 def test_cache_invalidated_when_weights_change():
     params = make_params()
     cache = WordVectorCache()
