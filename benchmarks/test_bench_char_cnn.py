@@ -15,11 +15,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import SHAPES, char_ids, options, real_text_batch, tokens_per_second, unique_words_batch
+from benchmarks.common import (
+    SHAPES,
+    char_ids,
+    options,
+    real_text_batch,
+    tokens_per_second,
+    unique_words_batch,
+)
 from elmo_fast._backend import choose_backend, cpu_has_native_bf16
 from elmo_fast.modules.char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
-from elmo_fast.ops.char_cnn.function import SUPPORTED
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref
+from elmo_fast.ops.encoder.function import SUPPORTED
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -115,8 +122,7 @@ def test_highway_cuda(benchmark, provider, rows, mode):
     real text, 2560 = all of them. Records TFLOP/s of the forward GEMM and the error against fp64."""
     if not torch.cuda.is_available():
         pytest.skip("the fused highway kernel is the GPU path (the CPU runs the packed GEMM + C++ gate)")
-    from elmo_fast.ops.char_cnn.function import TritonHighwayFunction
-    from elmo_fast.ops.char_cnn.reference import highway_ref
+    from elmo_fast.ops.highway import TritonHighwayFunction, highway_ref
 
     D = 2048
     g = torch.Generator().manual_seed(0)

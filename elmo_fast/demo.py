@@ -108,7 +108,7 @@ def kernel_speed(bilm, sentences: list[list[str]], repeats: int = 3) -> dict:
     the best of `repeats` each."""
     from ._backend import choose_backend
     from .chars import batch_to_ids
-    from .ops.char_cnn.function import SUPPORTED as CHAR_CNN_BACKENDS
+    from .ops.encoder.function import SUPPORTED as CHAR_CNN_BACKENDS
     from .ops.lstm_proj.function import SUPPORTED as LSTM_BACKENDS
 
     device = next(bilm.parameters()).device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 import torch
 
@@ -55,5 +56,48 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def plan_report(model: str, device: str = "cpu", backend: str | None = None, train: bool = False,
+                gemm_dtype: torch.dtype | None = None) -> str:
+    """The kernel plans `Elmo` would run for `model` (a preset name or an options.json) on `device`:
+    the character encoder's, and every biLSTM layer's (both directions share one plan)."""
+    from .ops.encoder.plan import plan_char_cnn
+    from .ops.lstm_proj.plan import plan_lstm_proj
+    from .options import load_options
+
+    opts = load_options(model)
+    dev = torch.device(device)
+    lstm = opts["lstm"]
+    P, C = lstm["projection_dim"], lstm["dim"]
+    mode = "training (gradients)" if train else "inference"
+    lines = [f"plans for {model!r} on {dev}, {mode}, threads {torch.get_num_threads()}"
+             + (f", gemm dtype {gemm_dtype}" if gemm_dtype is not None else "") + ":"]
+    enc = plan_char_cnn(dev, torch.float32, backend, inference=not train, gemm_dtype=gemm_dtype, cache=not train)
+    lines.append(f"  char encoder: {enc.describe()}")
+    layer = plan_lstm_proj(dev, torch.float32, (4 * C, P), (P, C), backend, gemm_dtype, directions=2)
+    lines.append(f"  biLSTM ({lstm['n_layers']} layers, C={C}, P={P}): {layer.describe()}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m elmo_fast.info", description=__doc__)
+    ap.add_argument("--plan", metavar="MODEL", help="also print the kernel plan for MODEL (a preset name or options.json)")
+    ap.add_argument("--device", default="cpu", help="for --plan: cpu, cuda, cuda:1 (default cpu)")
+    ap.add_argument("--backend", default=None, help="for --plan: torch|cpp|triton|cuda (default: the fastest available)")
+    ap.add_argument("--train", action="store_true", help="for --plan: the plan with gradients (pretraining, fine-tuning)")
+    ap.add_argument("--bf16-gemm", action="store_true", help="for --plan: with set_gemm_dtype(torch.bfloat16)")
+    args = ap.parse_args(argv)
     print(report())
+    if args.plan:
+        from ._backend import BackendUnavailableError
+
+        try:
+            print(plan_report(args.plan, args.device, args.backend, args.train, torch.bfloat16 if args.bf16_gemm else None))
+        except (BackendUnavailableError, FileNotFoundError, ValueError) as e:
+            print(f"python -m elmo_fast.info --plan: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

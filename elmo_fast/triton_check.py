@@ -119,6 +119,7 @@ def _cases():
     import torch
 
     from .ops.char_cnn import triton_impl as cnn
+    from .ops.highway import triton_impl as hwy
     from .ops.lstm_proj import triton_impl as lstm
 
     original = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
@@ -157,11 +158,11 @@ def _cases():
     def highway(dtype, D=2048, M=100, precision=None):
         def run():
             if precision is not None:  # a GPU's choice for fp32: CPU tensors would always pick "ieee"
-                with mock.patch.object(cnn, "highway_precision", lambda x: precision):
+                with mock.patch.object(hwy, "highway_precision", lambda x: precision):
                     return highway(dtype, D, M)()
             x, w, b = torch.randn(M, D, dtype=dtype), torch.randn(2 * D, D, dtype=dtype), torch.randn(2 * D, dtype=dtype)
             for save in (False, True):
-                cnn.highway_fwd(x, w, b, save_z=save)
+                hwy.highway_fwd(x, w, b, save_z=save)
 
         return run
 

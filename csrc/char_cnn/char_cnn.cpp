@@ -1,6 +1,6 @@
 // Fused character CNN (embedding gather -> every filter width's conv -> max over positions ->
 // activation) on the CPU, forward and backward. Highway layers and the projection are plain GEMMs
-// and stay in ATen (see elmo_fast/ops/char_cnn/function.py).
+// and stay in ATen (see elmo_fast/ops/encoder/function.py and ops/highway/).
 //
 // Shapes (N tokens, W characters per token, V = 262 char ids, E embedding dim, F = sum_i F_i):
 //   char_ids   int64 [N, W]

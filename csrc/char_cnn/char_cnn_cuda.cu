@@ -26,6 +26,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/cuda_math.cuh"
+
 #include <vector>
 
 namespace elmo_fast {
@@ -34,19 +36,8 @@ namespace {
 constexpr int kTN = 4;   // tokens per block (threadIdx.y)
 constexpr int kTF = 64;  // filters per block (threadIdx.x)
 
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-// Not tanhf: under --use_fast_math (setup.py) it compiles to tanh.approx.f32, ~5e-4 relative
-// error; 1 - 2 / (1 + e^2v) through __expf is good to ~1e-7 and saturates to +-1 cleanly.
-__device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f / (1.0f + __expf(2.0f * v)); }
-__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
+using cuda_math::Acc;
+using cuda_math::tanh_;
 
 template <typename scalar_t>
 __global__ void char_cnn_fwd_kernel(const int64_t* __restrict__ ids, const int32_t* __restrict__ tails,

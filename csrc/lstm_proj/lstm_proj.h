@@ -1,5 +1,6 @@
-// Shared declarations of the LSTM-with-projection sequence op (CPU in lstm_proj.cpp, CUDA step
-// kernels and their op registration in lstm_proj_kernels.cu).
+// Shared declarations of the LSTM-with-projection sequence op: schemas in schemas.cpp, the CPU
+// time loops in lstm_proj_cpu.cpp, both directions at once in pair.cpp, the CUDA step kernels and
+// their registration in lstm_proj_kernels.cu.
 //
 // Layout (haste-style): rows are sorted by length, descending, once per call, so the rows active
 // at time position t are always a prefix [0, active[t]) of the sorted batch -- in both
@@ -95,6 +96,22 @@ inline void check_args(const at::Tensor& x, const at::Tensor& lengths, const at:
   }
   (void)T;
 }
+
+// The CPU time loops (lstm_proj_cpu.cpp); the vectors hold the ops' outputs in schema order.
+// w_*_packed: gemm::pack(w.t()) or gemm::pack_bf16(w.t()) of w_in, w_rec, w_proj (fp32 x only);
+// undefined ones are packed per call in fp32.
+std::vector<at::Tensor> lstm_proj_fwd_cpu(const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& w_in,
+                                          const at::Tensor& w_rec, const at::Tensor& bias, const at::Tensor& w_proj,
+                                          const at::Tensor& h0, const at::Tensor& c0, double cell_clip,
+                                          double proj_clip, bool reverse, bool save_cache,
+                                          at::Tensor w_in_packed = {}, at::Tensor w_rec_packed = {},
+                                          at::Tensor w_proj_packed = {});
+std::vector<at::Tensor> lstm_proj_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                                          const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& lengths,
+                                          const at::Tensor& w_in, const at::Tensor& w_rec, const at::Tensor& w_proj,
+                                          const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& gates,
+                                          const at::Tensor& c_raw, const at::Tensor& m, const at::Tensor& h_raw,
+                                          const at::Tensor& h_prev, double cell_clip, double proj_clip, bool reverse);
 
 }  // namespace lstm_proj
 }  // namespace elmo_fast

@@ -1,11 +1,12 @@
-// CUDA backend of lstm_proj: the time loop of lstm_proj.cpp with the GEMMs done by ATen (cuBLAS on
+// CUDA backend of lstm_proj: the time loop of lstm_proj_cpu.cpp with the GEMMs done by ATen (cuBLAS on
 // the current stream) and the per-step pointwise work in the two fused kernels below, launched on
 // that same stream. Layout and cache: see lstm_proj.h. Registered for the CUDA dispatch key of
-// the ops that lstm_proj.cpp defines (the _C extension must be loaded first).
+// the ops that schemas.cpp defines (the _C extension must be loaded first).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda_math.cuh"
 #include "lstm_proj/lstm_proj.h"
 
 namespace elmo_fast {
@@ -14,27 +15,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Pointwise math in fp32 for fp32/fp16/bf16 (fast __expf), in fp64 for fp64, like the CPU op.
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-template <typename T>
-__device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-
-__device__ __forceinline__ float sigmoid_(float v) { return 1.0f / (1.0f + __expf(-v)); }
-__device__ __forceinline__ double sigmoid_(double v) { return 1.0 / (1.0 + exp(-v)); }
-// Not tanhf: under --use_fast_math (setup.py) it compiles to tanh.approx.f32, ~5e-4 relative
-// error; 1 - 2 / (1 + e^2v) through __expf is good to ~1e-7 and saturates to +-1 cleanly.
-__device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f / (1.0f + __expf(2.0f * v)); }
-__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
+using cuda_math::Acc;
+using cuda_math::sigmoid_;
+using cuda_math::tanh_;
+using cuda_math::to_acc;
 
 // gates [n, 4C]: pre-activations (no bias) in; act [n, 4C]: post-activations out (act == gates for
 // fp32/fp64, so no __restrict__ on either). c [n, C]: state in, clipped new cell out. c_raw:
@@ -72,7 +56,7 @@ __global__ void lstm_proj_fwd_step_kernel(const T* gates, S* act, const T* __res
   a[3 * C + j] = o;
 }
 
-// Backward of one step for rows [0, n): see pointwise_bwd in lstm_proj.cpp. first[r] != 0 marks
+// Backward of one step for rows [0, n): see pointwise_bwd in lstm_proj_cpu.cpp. first[r] != 0 marks
 // the row's first step, whose previous cell is c0 (unclipped); otherwise clip(c_raw_prev).
 template <typename T, typename S = typename Acc<T>::type>
 __global__ void lstm_proj_bwd_step_kernel(const S* __restrict__ act, const S* __restrict__ c_raw,

@@ -8,8 +8,8 @@ from torch import nn
 
 from .._backend import warn_if_bf16_emulated
 from ..chars import BOS_IDS, EOS_IDS
-from ..ops.char_cnn import WordVectorCache, char_cnn
-from ..ops.char_cnn.reference import highway_ref
+from ..ops.encoder import WordVectorCache, char_cnn
+from ..ops.highway.reference import highway_ref
 from ..options import OptionsLike, load_options
 
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from .._backend import warn_if_bf16_emulated
 from ..ops.lstm_proj import lstm_proj
-from ..ops.lstm_proj.function import lstm_proj_pair, pair_supported
+from ..ops.lstm_proj.function import lstm_proj_pair
+from ..ops.lstm_proj.plan import plan_lstm_proj
 
 
 class LstmCellWithProjection(nn.Module):
@@ -76,13 +77,14 @@ def _no_recurrent_dropout(p: float) -> None:
 def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torch.Tensor, b_in: torch.Tensor,
               lengths, f_state=None, b_state=None):
     """One layer's forward (`fl`) and reverse (`bl`) direction over `[B, T, I]` inputs: both at once,
-    one thread each (`lstm_proj_pair`), where `pair_supported` says that pays, else one after the
+    one thread each (`lstm_proj_pair`), where the layer's plan (`plan_lstm_proj`) says that pays, else one after the
     other. lengths: `[B]` for both, or a (forward, reverse) pair; states: (h, c) or None.
 
     Returns ((f_out, (h, c)), (b_out, (h, c)))."""
     same = (fl.backend, fl.gemm_dtype, fl.memory_cell_clip_value, fl.state_projection_clip_value) == (
         bl.backend, bl.gemm_dtype, bl.memory_cell_clip_value, bl.state_projection_clip_value)
-    if same and pair_supported(f_in, fl.backend, fl.gemm_dtype, fl.state_linearity.weight):
+    if same and plan_lstm_proj(f_in.device, f_in.dtype, fl.state_linearity.weight.shape, fl.state_projection.weight.shape,
+                               fl.backend, fl.gemm_dtype, directions=2).pair:
         (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
             f_in, b_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value, fl.state_projection_clip_value,
             f_state, b_state, gemm_dtype=fl.gemm_dtype)

@@ -25,8 +25,6 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .. import _ext
-
 _COPIES: dict[str, WeakIdKeyDictionary] = {}
 
 
@@ -41,7 +39,7 @@ _FUSED_STEP_HOOK = register_optimizer_step_post_hook(_bump_versions_after_fused_
 
 def weight_key(w: torch.Tensor) -> tuple:
     """What identifies a weight's values for a derived copy, here and in the word-vector cache
-    (ops/char_cnn/cache.py): the version moves on in-place updates; the data pointer changes when
+    (ops/encoder/cache.py): the version moves on in-place updates; the data pointer changes when
     `param.data = other` swaps the storage, which keeps the version count. A holder of the key must
     also hold `w.untyped_storage()`: were it freed, a replacement storage could be allocated at the
     same address with the same version count and match."""
@@ -65,32 +63,3 @@ def derived_copy(w: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torc
 
 def bf16_copy(w: torch.Tensor) -> torch.Tensor:
     return derived_copy(w, "bf16", lambda t: t.to(torch.bfloat16))
-
-
-def gemm_packed_t(w: torch.Tensor) -> torch.Tensor:
-    """`w` `[N, K]` (a Linear weight) packed for `packed_linear(x, ., bias, N)` = `F.linear(x, w, bias)`
-    and the C++ LSTM's GEMMs (csrc/common/packed_gemm.h)."""
-    return derived_copy(w, "gemm_packed_t", lambda t: torch.ops.elmo_fast.gemm_pack(t.t()))
-
-
-def gemm_packed_bf16_t(w: torch.Tensor) -> torch.Tensor:
-    """`w` `[N, K]` rounded to bf16 and packed in k-pairs for the bf16 micro-kernels
-    (csrc/common/packed_gemm.h: vdpbf16ps on avx512_bf16 CPUs); taken wherever gemm_packed_t is."""
-    return derived_copy(w, "gemm_packed_bf16_t", lambda t: torch.ops.elmo_fast.gemm_pack_bf16(t.t()))
-
-
-if _ext.cpp_ext() is not None:  # shape-only kernels, for opcheck and torch.compile
-
-    @torch.library.register_fake("elmo_fast::gemm_pack")
-    def _pack_fake(b):
-        K, N = b.shape
-        return b.new_empty((N + 15) // 16, K, 16)
-
-    @torch.library.register_fake("elmo_fast::gemm_pack_bf16")
-    def _pack_bf16_fake(b):
-        K, N = b.shape
-        return b.new_empty((N + 15) // 16, (K + 1) // 2, 32, dtype=torch.bfloat16)
-
-    @torch.library.register_fake("elmo_fast::packed_linear")
-    def _packed_linear_fake(x, packed, bias, n):
-        return x.new_empty(x.shape[0], n)

@@ -73,7 +73,7 @@ class BidirectionalLM(nn.Module):
         emb = self.bilm._token_embedder.encode_ids(batch.char_ids)  # [U, P]: each unique token once
         lstm = self.bilm._elmo_lstm
         f_state, b_state = (None, None) if state is None else state
-        # index_select: a deterministic and faster backward than emb[index] (ops/char_cnn/function.py)
+        # index_select: a deterministic and faster backward than emb[index] (ops/encoder/function.py)
         fx, bx = (emb.index_select(0, i.reshape(-1)).view(*i.shape, -1) for i in (batch.fwd_index, batch.bwd_index))
         f_len, b_len = batch.fwd_mask.sum(1), batch.bwd_mask.sum(1)
         # Layer by layer, both stacks: each layer's two directions may run at once (run_layer).

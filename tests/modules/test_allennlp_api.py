@@ -84,7 +84,7 @@ def test_character_encoder_loads_its_weights_alone(files, kind, tmp_path):
 
 
 def test_highway_module_is_callable(files):
-    from elmo_fast.ops.char_cnn.reference import char_cnn_ref
+    from elmo_fast.ops.encoder import char_cnn_ref
 
     enc = ElmoCharacterEncoder(*files)
     ids = random_char_ids(7, seed=2)

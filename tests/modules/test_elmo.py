@@ -380,8 +380,11 @@ def test_bf16_option_warns_once_where_the_cpu_emulates_bf16(monkeypatch, native)
 def test_bilstm_directions_run_concurrently_and_match_the_split_path(monkeypatch):
     """On 2 threads each layer's two directions run at once (lstm_proj_pair); carried state, the
     outputs and every gradient must equal running them one after the other."""
+    from dataclasses import replace
+
     import elmo_fast.modules.lstm as lstm_module
     from elmo_fast.modules.lstm import ElmoLstm
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
 
     old = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -392,7 +395,7 @@ def test_bilstm_directions_run_concurrently_and_match_the_split_path(monkeypatch
         mask = torch.arange(7)[None] < torch.tensor([7, 1, 4, 6])[:, None]
         results = []
         for pair in (True, False):
-            monkeypatch.setattr(lstm_module, "pair_supported", lambda *a, _p=pair: _p)
+            monkeypatch.setattr(lstm_module, "plan_lstm_proj", lambda *a, _p=pair, **k: replace(plan_lstm_proj(*a, **k), pair=_p))
             model.reset_states()
             model(x, mask)  # carried into the second call
             xi = x.clone().requires_grad_()

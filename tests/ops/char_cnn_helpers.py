@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from elmo_fast import _ext
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
-from elmo_fast.ops.char_cnn.function import char_cnn_conv_max
+from elmo_fast.ops.char_cnn import char_cnn_conv_max
 from elmo_fast.ops.char_cnn.reference import conv_max_ref
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref
 from elmo_fast.testing import random_char_ids
 
 requires_cpp = pytest.mark.skipif(_ext.cpp_ext() is None, reason=f"C++ extension not built: {_ext.load_error('_C')}")

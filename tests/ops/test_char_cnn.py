@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
-from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, char_cnn_conv_max, unique_tokens
-from elmo_fast.ops.char_cnn.reference import highway_ref
+from elmo_fast.ops.char_cnn import CharConvMaxFunction, char_cnn_conv_max
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref, unique_tokens
+from elmo_fast.ops.highway import highway_ref
 from elmo_fast.testing import assert_close, random_char_ids
 
 from .char_cnn_helpers import CPU_BACKENDS, check_nan_propagates, flat, make_params, mixed_ids, requires_cpp
@@ -89,20 +89,6 @@ def test_gradcheck_fp64(backend):
     assert torch.autograd.gradcheck(conv_only, (emb, *ws, *bs), eps=1e-6, atol=1e-5, fast_mode=fast)
 
 
-@requires_cpp
-def test_opcheck_cpp_op():
-    ids = mixed_ids(n_random=3)
-    emb, ws, bs, *_ = make_params(dtype=torch.float32)
-    torch.library.opcheck(torch.ops.elmo_fast.char_cnn_conv_max.default, (ids, emb, ws, bs, "relu"))
-    with torch.no_grad():
-        feats, argmax = torch.ops.elmo_fast.char_cnn_conv_max(ids, emb, ws, bs, "tanh")
-    grad = torch.randn_like(feats)
-    torch.library.opcheck(
-        torch.ops.elmo_fast.char_cnn_conv_max_backward.default,
-        (grad, ids, emb.detach(), [w.detach() for w in ws], feats, argmax, "tanh"),
-    )
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_zero_tokens(backend):
     params = make_params()
@@ -141,7 +127,7 @@ def test_unique_rows_op():
 def test_highway_function_matches_eager(dtype):
     """The fused highway layer (ATen GEMM + one-pass C++ gate) against the eager formula: output and
     the gradients of x, W, b on an odd shape; fp64 gradcheck; opcheck of both gate ops."""
-    from elmo_fast.ops.char_cnn.function import HighwayFunction
+    from elmo_fast.ops.highway import HighwayFunction
 
     g = torch.Generator().manual_seed(11)
     N, F_ = 13, 37
@@ -206,7 +192,7 @@ def test_module_uses_fused_op():
 def test_bf16_gemm_inference_accuracy(backend, n_highway):
     """bf16 highway/projection GEMM operands: error vs the fp32 reference at most 2x that of the
     eager reference run entirely in bf16, fp32 output, and the same vectors through the word cache."""
-    from elmo_fast.ops.char_cnn import WordVectorCache
+    from elmo_fast.ops.encoder import WordVectorCache
 
     ids = mixed_ids()
     params = make_params(filters=((1, 8), (2, 16), (3, 32), (5, 64)), E=8, P=24, n_highway=n_highway, seed=3)

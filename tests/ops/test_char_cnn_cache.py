@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elmo_fast.ops.char_cnn import WordVectorCache, char_cnn, char_cnn_ref
+from elmo_fast.ops.encoder import WordVectorCache, char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close, random_char_ids
 from tests.ops.char_cnn_helpers import CPU_BACKENDS, flat, make_params
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from elmo_fast import _ext
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref
 from elmo_fast.testing import assert_close
 from tests.ops.char_cnn_helpers import check_nan_propagates, flat, make_params, mixed_ids
 from tests.ops.nvcc_check import ROOT, compile_check, requires_nvcc
@@ -58,7 +58,7 @@ def test_cuda_matches_reference(activation, n_highway, dtype):
 @requires_cuda_ext
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_half_within_twice_eager_error(dtype):
-    from elmo_fast.ops.char_cnn.function import char_cnn_conv_max
+    from elmo_fast.ops.char_cnn import char_cnn_conv_max
 
     ids = mixed_ids().cuda()
     emb, ws, bs, *_ = make_params()

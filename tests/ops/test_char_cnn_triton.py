@@ -13,10 +13,16 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref, highway_ref  # noqa: E402
-from elmo_fast.ops.char_cnn import function as cnn_function  # noqa: E402
-from elmo_fast.ops.char_cnn.function import CharConvMaxFunction, TritonHighwayFunction, char_cnn_conv_max  # noqa: E402
-from elmo_fast.ops.char_cnn.triton_impl import highway_fwd, tail_starts  # noqa: E402
+from elmo_fast.ops.char_cnn import CharConvMaxFunction, char_cnn_conv_max  # noqa: E402
+from elmo_fast.ops.char_cnn import backends as conv_max_backends  # noqa: E402
+from elmo_fast.ops.char_cnn.triton_impl import tail_starts  # noqa: E402
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref  # noqa: E402
+from elmo_fast.ops.highway import (
+    TritonHighwayFunction,  # noqa: E402
+    highway_ref,  # noqa: E402
+)
+from elmo_fast.ops.highway import function as highway_function  # noqa: E402
+from elmo_fast.ops.highway.triton_impl import highway_fwd  # noqa: E402
 from elmo_fast.testing import TOLERANCES, assert_close, random_char_ids  # noqa: E402
 from tests.ops.char_cnn_helpers import check_nan_propagates, flat, make_params, mixed_ids  # noqa: E402
 
@@ -208,7 +214,7 @@ def test_triton_encoder_follows_autocast(monkeypatch):
     as eager's conv1d and F.linear do (fp16 here: the interpreter miscomputes bf16 dots), not in fp32
     or 3xTF32 on the fp32 parameters; the error is within 2x eager's under the same autocast, and
     every gradient reaches the fp32 parameters. The word-vector cache keeps autocast vectors apart."""
-    from elmo_fast.ops.char_cnn import WordVectorCache
+    from elmo_fast.ops.encoder import WordVectorCache
 
     ids = mixed_ids(n_random=5).to(DEVICE)
     params = _to(make_params(filters=FILTERS, n_highway=2), DEVICE)
@@ -244,7 +250,7 @@ def test_deterministic_mode_takes_the_eager_backward(monkeypatch):
     def never(*args):
         raise AssertionError("the atomics-based Triton backward ran in deterministic mode")
 
-    monkeypatch.setitem(cnn_function._BWD, "triton", never)
+    monkeypatch.setitem(conv_max_backends._BACKWARD, "triton", never)
     old = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -267,7 +273,7 @@ def test_gpu_highway_switch(monkeypatch):
         def never(*args):
             raise AssertionError("the fused highway ran although ELMO_FAST_GPU_HIGHWAY=torch")
 
-        monkeypatch.setattr(cnn_function.TritonHighwayFunction, "apply", never)
+        monkeypatch.setattr(highway_function.TritonHighwayFunction, "apply", never)
         assert_close("eager highway", fused, char_cnn(ids, *params, "relu", backend="triton"))
         monkeypatch.setenv("ELMO_FAST_GPU_HIGHWAY", "cublas")
         with pytest.raises(ValueError, match="ELMO_FAST_GPU_HIGHWAY must be 'triton' or 'torch'"):

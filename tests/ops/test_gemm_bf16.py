@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from elmo_fast import _ext
-from elmo_fast.ops.char_cnn import char_cnn, char_cnn_ref
+from elmo_fast.ops.encoder import char_cnn, char_cnn_ref
 from elmo_fast.ops.lstm_proj import lstm_proj, lstm_proj_ref
 from elmo_fast.testing import assert_close, random_char_ids
 

@@ -87,21 +87,6 @@ def test_gradcheck_fp64(reverse, clips):
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("save_cache", [True, False])
-def test_opcheck_forward(save_cache):
-    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
-    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd.default,
-                          (x, lengths, *ws, h0, c0, 0.7, 0.4, True, save_cache))
-
-
-def test_opcheck_backward():
-    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
-    out, hn, cn, *cache = torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, *ws, h0, c0, 0.7, 0.4, False, True)
-    args = (torch.randn_like(out), torch.randn_like(hn), torch.randn_like(cn), x, lengths, ws[0], ws[1], ws[3], h0, c0,
-            *cache, 0.7, 0.4, False)
-    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_bwd.default, args)
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 def test_packed_gemm_tails_and_k_blocks(reverse, gemm_isa):
     """Shapes that exercise every edge of the packed per-step GEMM: 13 rows (6-row tiles + 1 for
@@ -258,11 +243,6 @@ def test_bf16_gemm_rejects_training_and_other_backends():
         lstm_proj(x, lengths, *ws, backend="torch", gemm_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="gemm_dtype must be"):
         lstm_proj(x, lengths, *ws, backend="cpp", gemm_dtype=torch.float16)
-
-
-def test_opcheck_bf16_forward():
-    x, lengths, ws, h0, c0 = make_inputs(B=3, T=5, I=3, C=5, P=2)
-    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_bf16.default, (x, lengths, *ws, h0, c0, 0.7, 0.4, True))
 
 
 @pytest.mark.parametrize("stateful", [True, False])
@@ -483,19 +463,6 @@ def test_pair_gradcheck_fp64():
         return LstmProjPairFunction.apply(0.8, 0.6, t[0], len_f, *t[1:7], t[7], len_b, *t[8:14])
 
     assert torch.autograd.gradcheck(fn, ins, eps=1e-6, atol=1e-5)
-
-
-def test_pair_opcheck():
-    from elmo_fast.ops.lstm_proj.function import _pair_args
-
-    xf, len_f, wf, h0f, c0f = make_inputs(B=4, T=5, I=3, C=4, P=2)
-    xb, _, wb, h0b, c0b = make_inputs(B=4, T=5, I=3, C=4, P=2, seed=4)
-    fwd, bwd = _pair_args(xf, len_f, *wf, h0f, c0f), _pair_args(xb, len_f, *wb, h0b, c0b)
-    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_fwd_pair.default, (fwd, bwd, 0.8, 0.6, True))
-    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(fwd, bwd, 0.8, 0.6, True)
-    args = [[torch.randn_like(r[0]), torch.randn_like(r[1]), torch.randn_like(r[2]), d[0], d[1], d[2], d[3], d[5], d[6],
-             d[7], *r[3:]] for d, r in ((fwd, f), (bwd, b))]
-    torch.library.opcheck(torch.ops.elmo_fast.lstm_proj_bwd_pair.default, (args[0], args[1], 0.8, 0.6))
 
 
 def test_pair_is_used_only_where_it_pays():

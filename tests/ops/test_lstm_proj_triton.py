@@ -45,12 +45,13 @@ def _device():
 def fwd_path(request, monkeypatch):
     """Both forward paths: the in-kernel time loop (small C x P) and the per-step kernels; the
     counter proves which one ran."""
+    from elmo_fast.ops.lstm_proj import plan as lstm_plan
     from elmo_fast.ops.lstm_proj import triton_impl
 
     calls = []
     loop = triton_impl._fwd_time_loop
     monkeypatch.setattr(triton_impl, "_fwd_time_loop", lambda *a: calls.append(1) or loop(*a))
-    monkeypatch.setattr(triton_impl, "TIME_LOOP_MAX_WEIGHTS", 1 << 30 if request.param == "time_loop" else 0)
+    monkeypatch.setattr(lstm_plan, "TIME_LOOP_MAX_WEIGHTS", 1 << 30 if request.param == "time_loop" else 0)
     yield request.param
     assert bool(calls) == (request.param == "time_loop"), "the expected forward path did not run"
 
@@ -168,7 +169,7 @@ def test_low_precision_within_2x_of_eager(dtype, fwd_path):
 def test_half_precision_state(dtype, reverse, fwd_path):
     """fp32 cell state and cached gate activations for bf16/fp16 models (issue #4): see
     check_half_state; both forward paths, both directions."""
-    from elmo_fast.ops.lstm_proj.function import state_dtype
+    from elmo_fast.ops.lstm_proj.reference import state_dtype
     from tests.ops.lstm_proj_helpers import check_half_state
 
     check_half_state("triton", dtype, _device(), reverse)

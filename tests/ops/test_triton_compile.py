@@ -21,7 +21,7 @@ def _kernel_names() -> set[str]:
     """Names of the @triton.jit kernels defined in the Triton modules (read from source, so this
     works whether or not the interpreter is on in this process)."""
     names = set()
-    for mod in ("char_cnn", "lstm_proj"):
+    for mod in ("char_cnn", "highway", "lstm_proj"):
         path = os.path.join(ROOT, "elmo_fast", "ops", mod, "triton_impl.py")
         lines = open(path).read().splitlines()
         for i, line in enumerate(lines[:-1]):

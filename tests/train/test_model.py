@@ -130,7 +130,10 @@ def test_pretraining_directions_run_concurrently_and_match(monkeypatch):
     """encode() runs each layer's forward and backward LM together on 2 threads (lstm_proj_pair,
     each direction with its own lengths); same outputs, states and gradients as one stack after
     the other."""
+    from dataclasses import replace
+
     import elmo_fast.modules.lstm as lstm_module
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
     from elmo_fast.testing import random_char_ids
 
     old = torch.get_num_threads()
@@ -144,7 +147,7 @@ def test_pretraining_directions_run_concurrently_and_match(monkeypatch):
         batch.bwd_mask[1, 4:] = False  # the two directions get different lengths
         results = []
         for pair in (True, False):
-            monkeypatch.setattr(lstm_module, "pair_supported", lambda *a, _p=pair: _p)
+            monkeypatch.setattr(lstm_module, "plan_lstm_proj", lambda *a, _p=pair, **k: replace(plan_lstm_proj(*a, **k), pair=_p))
             f, b, (fs, bs) = model.encode(batch)
             grads = torch.autograd.grad((f.sum() + 2 * b.sum()), list(model.parameters()), allow_unused=True)
             states = [t for st in (fs, bs) for hc in st for t in hc]

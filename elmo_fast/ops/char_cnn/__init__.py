@@ -1,5 +1,4 @@
-from .cache import WordVectorCache
-from .function import char_cnn
-from .reference import char_cnn_ref, highway_ref
+from .function import CharConvMaxFunction, char_cnn_conv_max
+from .reference import conv_max_backward_ref, conv_max_ref
 
-__all__ = ["WordVectorCache", "char_cnn", "char_cnn_ref", "highway_ref"]
+__all__ = ["CharConvMaxFunction", "char_cnn_conv_max", "conv_max_backward_ref", "conv_max_ref"]

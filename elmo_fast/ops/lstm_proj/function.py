@@ -12,11 +12,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ... import _ext
-from ..._backend import choose_backend, gpu_autocast_dtype
-from ..weight_copies import gemm_packed_bf16_t, gemm_packed_t
-from .reference import lstm_proj_ref, state_dtype
-
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
+from ..gemm import check_gemm_dtype, gemm_packed_bf16_t, gemm_packed_t
+from .plan import SUPPORTED, LstmPlan, plan_lstm_proj  # noqa: F401  (SUPPORTED: the backends, for callers)
+from .reference import lstm_proj_ref
 
 
 @torch.compiler.disable  # data-dependent checks (ids/lengths in range): host-side, not traced
@@ -74,26 +72,28 @@ def _clips(cell_clip, proj_clip) -> tuple[float, float]:
     return cell_clip, proj_clip
 
 
-def _fwd_cpp(x, lengths, w_in, w_rec, bias, w_proj, *rest):
-    """fp32: the three weights go in packed once per weight version (weight_copies), not per call."""
-    if x.dtype != torch.float32:
-        return torch.ops.elmo_fast.lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, *rest)
-    h0, c0, *flags = rest
-    return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_packed_t(w_in),
-                                                    gemm_packed_t(w_rec), gemm_packed_t(w_proj), *flags)
-
-
-def _fwd_impl(backend: str):
-    if backend == "cpp":
+def _fwd_impl(plan: LstmPlan):
+    """The forward op `plan` names, as `f(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip,
+    proj_clip, reverse, save_cache) -> (out, h_n, c_n, *cache)`."""
+    if plan.backend == "cpp":
         _ext.require_cpp()
-        return _fwd_cpp
-    if backend == "cuda":
+        if plan.packed is None:
+            return torch.ops.elmo_fast.lstm_proj_fwd
+
+        def packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *flags):
+            # the three weights go in packed once per weight version (weight_copies), not per call
+            return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0,
+                                                            *_packed(w_in, w_rec, w_proj, gemm_dtype=plan.gemm_dtype), *flags)
+
+        return packed
+    if plan.backend == "cuda":
         if _ext.cuda_ext() is None:
             raise RuntimeError(f"elmo_fast's CUDA extension is not built ({_ext.load_error('_C_cuda')}). Build it with: {_ext.INSTALL_HINT}")
         return torch.ops.elmo_fast.lstm_proj_fwd
     from . import triton_impl
 
-    return triton_impl.lstm_proj_fwd
+    time_loop = plan.kernel == "triton time loop"
+    return lambda *args: triton_impl.lstm_proj_fwd(*args, time_loop)
 
 
 def _bwd_impl(backend: str):
@@ -108,11 +108,11 @@ class LstmProjFunction(torch.autograd.Function):
     """Autograd wrapper around a backend's forward (with cache) and backward-through-time ops."""
 
     @staticmethod
-    def forward(ctx, x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, backend):
-        out, h_n, c_n, *cache = _fwd_impl(backend)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, True)
+    def forward(ctx, x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, plan):
+        out, h_n, c_n, *cache = _fwd_impl(plan)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, True)
         ctx.save_for_backward(x, lengths, w_in, w_rec, w_proj, h0, c0, *cache)
         ctx.args = (cell_clip, proj_clip, reverse)
-        ctx.backend = backend  # backward always runs on the backend forward ran on
+        ctx.backend = plan.backend  # backward always runs on the backend forward ran on
         return out, h_n, c_n
 
     @staticmethod
@@ -166,89 +166,35 @@ def lstm_proj(
         >>> out.shape, h.shape, c.shape
         (torch.Size([3, 5, 4]), torch.Size([3, 4]), torch.Size([3, 16]))
     """
-    chosen = choose_backend(x.device, SUPPORTED, backend)
     autocast = torch.is_autocast_enabled(x.device.type)
+    plan = plan_lstm_proj(x.device, w_in.dtype, w_rec.shape, w_proj.shape, backend, gemm_dtype)
     # Under autocast the layers before hand over mixed precisions (an autocast-dtype x from the
     # char encoder's projection, fp32 weights). Eager takes them as they come; the kernels need one
     # dtype: the autocast dtype on the GPU backends (as eager's F.linear would run), the weights'
     # dtype on the CPU one (no half-precision kernels there).
     _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype=not autocast)
-    if autocast and chosen != "torch":
-        target = gpu_autocast_dtype(x.device, chosen, w_in.dtype) or w_in.dtype
+    if autocast and plan.backend != "torch":
+        target = plan.autocast or w_in.dtype
         cast = [None if t is None else t.to(target) for t in (x, w_in, w_rec, bias, w_proj, h0, c0)]
         with torch.autocast(x.device.type, enabled=False):
-            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=chosen,
+            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=plan.backend,
                              gemm_dtype=gemm_dtype)
-    if gemm_dtype is not None and (chosen != "cpp" or x.dtype != torch.float32):
+    if gemm_dtype is not None and (plan.backend != "cpp" or x.dtype != torch.float32):
         raise ValueError(f"gemm_dtype={gemm_dtype} needs float32 CPU tensors and the cpp backend (got {x.dtype} on "
-                         f"backend {chosen!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
-    if chosen == "torch":
+                         f"backend {plan.backend!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
+    if plan.backend == "torch":
         return lstm_proj_ref(x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
     h0, c0 = _initial_state(x, w_proj, h0, c0)
     cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     lengths = lengths.to(torch.long)
     tensors = (x, w_in, w_rec, bias, w_proj, h0, c0)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if gemm_dtype is not None:
-        if gemm_dtype != torch.bfloat16:
-            raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
-        out, h_n, c_n, *_ = torch.ops.elmo_fast.lstm_proj_fwd_packed(
-            x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *_packed(w_in, w_rec, w_proj, gemm_dtype=gemm_dtype),
-            cell_clip, proj_clip, bool(reverse), False)
-        return out, h_n, c_n
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), chosen)
-    out, h_n, c_n, *_ = _fwd_impl(chosen)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
+        check_gemm_dtype(gemm_dtype, grad)
+    elif grad:
+        return LstmProjFunction.apply(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), plan)
+    out, h_n, c_n, *_ = _fwd_impl(plan)(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, bool(reverse), False)
     return out, h_n, c_n
-
-
-def _register_fakes() -> None:
-    """Shape-only kernels, so torch.compile / opcheck can trace the C++ ops."""
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_fwd")
-    def _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache):
-        B, T, _ = x.shape
-        C4, P = w_rec.shape
-        C = C4 // 4
-        if save_cache:
-            # the gate activations and the cell are cached in fp32 for bf16/fp16 inputs (GPU backends)
-            sdt = state_dtype(x.dtype)
-            cache = [x.new_empty(T, B, C4, dtype=sdt), x.new_empty(T, B, C, dtype=sdt), x.new_empty(T, B, C),
-                     x.new_empty(T, B, P), x.new_empty(T, B, P)]
-        else:
-            cache = [x.new_empty(0) for _ in range(5)]
-        return (x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C), *cache)
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_fwd_packed")
-    def _fwd_packed_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, w_in_packed, w_rec_packed, w_proj_packed, cell_clip,
-                         proj_clip, reverse, save_cache):
-        return _fwd_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache)
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_bwd")
-    def _bwd_fake(grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw, h_prev,
-                  cell_clip, proj_clip, reverse):
-        return (torch.empty_like(x), torch.empty_like(w_in), torch.empty_like(w_rec), w_in.new_empty(w_in.shape[0]),
-                torch.empty_like(w_proj), torch.empty_like(h0), torch.empty_like(c0))
-
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_fwd_pair")
-    def _fwd_pair_fake(fwd, bwd, cell_clip, proj_clip, save_cache):
-        return [list(_fwd_fake(*d[:8], cell_clip, proj_clip, i == 1, save_cache)) for i, d in enumerate((fwd, bwd))]
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_bwd_pair")
-    def _bwd_pair_fake(fwd, bwd, cell_clip, proj_clip):
-        return [list(_bwd_fake(*d, cell_clip, proj_clip, i == 1)) for i, d in enumerate((fwd, bwd))]
-
-    @torch.library.register_fake("elmo_fast::lstm_proj_fwd_bf16")
-    def _fwd_bf16_fake(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse):
-        B, T, _ = x.shape
-        P, C = w_proj.shape
-        return x.new_empty(B, T, P), x.new_empty(B, P), x.new_empty(B, C)
-
-
-if _ext.cpp_ext() is not None:
-    _register_fakes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,26 +239,11 @@ class LstmProjPairFunction(torch.autograd.Function):
         return (None, None, *(g for r in (f, b) for g in (r[0], None, *r[1:])))
 
 
-PAIR_MAX_RECURRENT_WEIGHTS = 1 << 20
-
-
 def pair_supported(x: torch.Tensor, backend: str | None, gemm_dtype: torch.dtype | None, w_rec: torch.Tensor) -> bool:
-    """Whether both directions of a layer should run concurrently (`lstm_proj_pair`): the cpp backend
-    on fp32/fp64 CPU tensors (bf16 GEMMs with fp32 ones), exactly 2 intra-op threads (the directions take one thread
-    each; with more threads a per-step split of each GEMM can use them all), and a recurrent weight
-    of at most 1M values. Measured on 2 threads of an Intel Xeon, biLSTM forward / forward+backward
-    against splitting every per-step GEMM over both threads: 'tiny' (w_rec 1024 x 128) 1.45x /
-    1.33x, 'small' (4096 x 128) 0.99-1.14x / 1.06-1.07x, 'original' (16384 x 512: big per-step
-    GEMMs that split well) 0.95-0.97x / 0.90-1.04x."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return False
-    if gemm_dtype is not None and (gemm_dtype != torch.bfloat16 or x.dtype != torch.float32):
-        return False
-    if w_rec.numel() > PAIR_MAX_RECURRENT_WEIGHTS:
-        return False
-    if torch.get_num_threads() != 2 or choose_backend(x.device, SUPPORTED, backend) != "cpp":
-        return False
-    return _ext.cpp_ext() is not None
+    """Whether `plan_lstm_proj` runs a layer's two directions as a pair (`lstm_proj_pair`) for
+    inputs like `x` and a recurrent weight like `w_rec` (the rule: plan.py's `_pair`)."""
+    return plan_lstm_proj(x.device, x.dtype, w_rec.shape, (w_rec.shape[1], w_rec.shape[0] // 4), backend, gemm_dtype,
+                          directions=2).pair
 
 
 def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=None, proj_clip=None,
@@ -335,10 +266,7 @@ def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=No
     tensors = [t for d in dirs for t in d]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if gemm_dtype is not None:
-        if gemm_dtype != torch.bfloat16:
-            raise ValueError(f"gemm_dtype must be None or torch.bfloat16, got {gemm_dtype}")
-        if grad:
-            raise RuntimeError("gemm_dtype=torch.bfloat16 is inference-only: run under torch.no_grad(), or use gemm_dtype=None to train")
+        check_gemm_dtype(gemm_dtype, grad)
     elif grad:
         out = LstmProjPairFunction.apply(cell_clip, proj_clip, *tensors)
         return out[:3], out[3:]

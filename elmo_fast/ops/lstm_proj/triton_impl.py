@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import on_device_of_first_arg
+from .plan import uses_time_loop
 from .reference import state_dtype
 
 
@@ -162,7 +163,7 @@ def _lstm_proj_fwd_loop_kernel(
 ):
     """The whole time loop in one kernel: each program owns BLOCK_B rows and keeps the recurrent and
     projection weights and its rows' (h, c) on chip for all T steps -- no launch per step, no state
-    round trip through global memory. Only for small C x P (see TIME_LOOP_MAX_WEIGHTS)."""
+    round trip through global memory. Only for small C x P (plan.TIME_LOOP_MAX_WEIGHTS)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     cc = tl.arange(0, BLOCK_C)
@@ -242,11 +243,6 @@ def _lstm_proj_fwd_loop_kernel(
     tl.store(CN + rows[:, None] * C + cc[None, :], c, mask=rc_mask)
 
 
-#: The in-kernel time loop is used when padded C x P is at most this (the 4 gate blocks of w_rec and
-#: w_proj, 5 x C x P values, then stay on chip); larger models use the per-step kernels with cuBLAS GEMMs.
-TIME_LOOP_MAX_WEIGHTS = 64 * 64
-
-
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
 
@@ -317,8 +313,9 @@ def _plan(lengths: torch.Tensor, T: int, device: torch.device):
 
 
 @on_device_of_first_arg
-def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache):
-    """Same contract as torch.ops.elmo_fast.lstm_proj_fwd: (out, h_n, c_n, gates, c_raw, m, h_raw, h_prev)."""
+def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip, reverse, save_cache, time_loop=None):
+    """Same contract as torch.ops.elmo_fast.lstm_proj_fwd: (out, h_n, c_n, gates, c_raw, m, h_raw, h_prev).
+    time_loop: the variant (`LstmPlan.kernel`); None: plan.uses_time_loop decides."""
     B, T, I = x.shape
     C4, P = w_rec.shape
     C = C4 // 4
@@ -326,9 +323,9 @@ def lstm_proj_fwd(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, cell_clip, proj
     x, w_in, w_rec, bias, w_proj = (t.contiguous() for t in (x, w_in, w_rec, bias, w_proj))
     xs = x.index_select(0, perm).transpose(0, 1).contiguous()  # [T, B, I]
     gates = (xs.view(T * B, I) @ w_in.t()).view(T, B, C4)  # one GEMM for every step's input map
-    # fp64 (gradcheck, reference runs) takes the per-step path, whose pointwise kernels compute in
-    # fp64; the time loop computes in fp32.
-    if _pow2(C) * _pow2(P) <= TIME_LOOP_MAX_WEIGHTS and B > 0 and T > 0 and x.dtype != torch.float64:
+    if time_loop is None:
+        time_loop = uses_time_loop(C, P, x.dtype)
+    if time_loop and B > 0 and T > 0:
         return _fwd_time_loop(x, xs, gates, perm, inv, sorted_len, w_rec, bias, w_proj, h0, c0, cell_clip, proj_clip,
                               reverse, save_cache)
     h = h0.index_select(0, perm).contiguous()

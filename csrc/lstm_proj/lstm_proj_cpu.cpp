@@ -12,7 +12,6 @@
 #include "lstm_proj/lstm_proj.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 
 #include <cmath>
 #include <cstdint>
@@ -172,6 +171,8 @@ class InputMap {
   at::Tensor buf_;
 };
 
+}  // namespace
+
 // w_*_packed: gemm::pack(w.t()) or gemm::pack_bf16(w.t()) of w_in, w_rec, w_proj (fp32 x only), e.g.
 // cached across calls by the caller; undefined tensors are packed here in fp32. With all three given,
 // w_in, w_rec and w_proj are read for their shapes only and may be bf16.
@@ -179,8 +180,8 @@ std::vector<at::Tensor> lstm_proj_fwd_cpu(const at::Tensor& x, const at::Tensor&
                                           const at::Tensor& w_rec, const at::Tensor& bias, const at::Tensor& w_proj,
                                           const at::Tensor& h0, const at::Tensor& c0, double cell_clip,
                                           double proj_clip, bool reverse, bool save_cache,
-                                          at::Tensor w_in_packed = {}, at::Tensor w_rec_packed = {},
-                                          at::Tensor w_proj_packed = {}) {
+                                          at::Tensor w_in_packed, at::Tensor w_rec_packed,
+                                          at::Tensor w_proj_packed) {
   const bool all_packed = w_in_packed.defined() && w_rec_packed.defined() && w_proj_packed.defined();
   check_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, /*bf16_weights=*/all_packed && x.scalar_type() == at::kFloat);
   TORCH_CHECK(x.device().is_cpu(), "lstm_proj (cpp backend): tensors must be on the CPU, got ", x.device());
@@ -355,6 +356,8 @@ std::vector<at::Tensor> lstm_proj_bwd_cpu(const at::Tensor& grad_out, const at::
   return {dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0};
 }
 
+namespace {
+
 // Inference with bf16 GEMM operands (weights, x, h, m) and fp32 sums, gates, cell state and outputs:
 // the fp32 time loop with bf16-packed weights, packed here on every call. The Python wrapper caches
 // the packed copies and calls lstm_proj_fwd_packed instead; this op takes w_in / w_rec / w_proj in
@@ -397,57 +400,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 
-// Both directions of one layer at once, one per thread: args[d] is (x, lengths, w_in, w_rec, bias,
-// w_proj, h0, c0, w_in_packed, w_rec_packed, w_proj_packed) of direction d (0 forward, 1 reverse; the
-// packed weights may be undefined), returns (out, h_n, c_n, gates, c_raw, m, h_raw, h_prev) per
-// direction. Within a task every parallel_for of the GEMMs runs inline on that task's thread, so
-// with 2 threads the per-step GEMMs are no longer split and joined at every step: at the 'tiny'
-// and 'small' sizes a step's GEMM is a few MFLOP and the split scaled 1.28x on 2 threads.
-// ThreadLocalState carries the caller's dispatch state (below autograd) into the worker thread.
-template <typename Fn>
-std::vector<std::vector<at::Tensor>> per_direction(Fn&& run) {
-  std::vector<std::vector<at::Tensor>> r(2);
-  at::ThreadLocalState state;
-  at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
-    at::ThreadLocalStateGuard guard(state);
-    for (int64_t d = b; d < e; ++d) r[d] = run(d);
-  });
-  return r;
-}
-
-std::vector<std::vector<at::Tensor>> fwd_pair_op(const std::vector<std::optional<at::Tensor>>& fwd,
-                                                 const std::vector<std::optional<at::Tensor>>& bwd, double cell_clip,
-                                                 double proj_clip, bool save_cache) {
-  TORCH_CHECK(fwd.size() == 11 && bwd.size() == 11,
-              "lstm_proj_fwd_pair: expects 11 tensors per direction (x, lengths, w_in, w_rec, bias, w_proj, h0, c0, "
-              "and the 3 packed weights or None), got ", fwd.size(), " and ", bwd.size());
-  const std::vector<std::optional<at::Tensor>>* args[2] = {&fwd, &bwd};
-  for (int d = 0; d < 2; ++d)
-    for (int i = 0; i < 8; ++i)
-      TORCH_CHECK((*args[d])[i].has_value(), "lstm_proj_fwd_pair: argument ", i, " of direction ", d, " is None");
-  return per_direction([&](int64_t d) {
-    const auto& a = *args[d];
-    auto t = [&](int i) { return a[i].has_value() ? a[i]->contiguous() : at::Tensor(); };
-    return lstm_proj_fwd_cpu(t(0), *a[1], t(2), t(3), t(4), t(5), *a[6], *a[7], cell_clip, proj_clip, d == 1,
-                             save_cache, t(8), t(9), t(10));
-  });
-}
-
-// args[d] = (grad_out, grad_hn, grad_cn, x, lengths, w_in, w_rec, w_proj, h0, c0, gates, c_raw, m, h_raw,
-// h_prev) of direction d; returns (dx, dw_in, dw_rec, dbias, dw_proj, dh0, dc0) per direction.
-std::vector<std::vector<at::Tensor>> bwd_pair_op(const std::vector<at::Tensor>& fwd, const std::vector<at::Tensor>& bwd,
-                                                 double cell_clip, double proj_clip) {
-  TORCH_CHECK(fwd.size() == 15 && bwd.size() == 15, "lstm_proj_bwd_pair: expects 15 tensors per direction, got ",
-              fwd.size(), " and ", bwd.size());
-  const std::vector<at::Tensor>* args[2] = {&fwd, &bwd};
-  return per_direction([&](int64_t d) {
-    const auto& a = *args[d];
-    return lstm_proj_bwd_cpu(a[0], a[1], a[2], a[3].contiguous(), a[4], a[5].contiguous(), a[6].contiguous(),
-                             a[7].contiguous(), a[8], a[9], a[10], a[11], a[12], a[13], a[14], cell_clip, proj_clip,
-                             d == 1);
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_op(
     const at::Tensor& grad_out, const at::Tensor& grad_hn, const at::Tensor& grad_cn, const at::Tensor& x,
     const at::Tensor& lengths, const at::Tensor& w_in, const at::Tensor& w_rec, const at::Tensor& w_proj,
@@ -461,38 +413,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
-  m.def(
-      "lstm_proj_fwd(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, Tensor h0, "
-      "Tensor c0, float cell_clip, float proj_clip, bool reverse, bool save_cache) -> (Tensor out, Tensor h_n, "
-      "Tensor c_n, Tensor gates, Tensor c_raw, Tensor m, Tensor h_raw, Tensor h_prev)");
-  m.def(
-      "lstm_proj_bwd(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor lengths, Tensor w_in, "
-      "Tensor w_rec, Tensor w_proj, Tensor h0, Tensor c0, Tensor gates, Tensor c_raw, Tensor m, Tensor h_raw, "
-      "Tensor h_prev, float cell_clip, float proj_clip, bool reverse) -> (Tensor dx, Tensor dw_in, Tensor dw_rec, "
-      "Tensor dbias, Tensor dw_proj, Tensor dh0, Tensor dc0)");
-  m.def(
-      "lstm_proj_fwd_packed(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
-      "Tensor h0, Tensor c0, Tensor w_in_packed, Tensor w_rec_packed, Tensor w_proj_packed, float cell_clip, "
-      "float proj_clip, "
-      "bool reverse, bool save_cache) -> (Tensor out, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_raw, "
-      "Tensor m, Tensor h_raw, Tensor h_prev)");
-  m.def(
-      "lstm_proj_fwd_pair(Tensor?[] fwd, Tensor?[] bwd, float cell_clip, float proj_clip, bool save_cache) -> "
-      "Tensor[][]");
-  m.def("lstm_proj_bwd_pair(Tensor[] fwd, Tensor[] bwd, float cell_clip, float proj_clip) -> Tensor[][]");
-  m.def(
-      "lstm_proj_fwd_bf16(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
-      "Tensor h0, Tensor c0, float cell_clip, float proj_clip, bool reverse) -> (Tensor out, Tensor h_n, Tensor c_n)");
-}
-
 TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("lstm_proj_fwd", &fwd_op);
   m.impl("lstm_proj_bwd", &bwd_op);
   m.impl("lstm_proj_fwd_bf16", &fwd_bf16_op);
   m.impl("lstm_proj_fwd_packed", &fwd_packed_op);
-  m.impl("lstm_proj_fwd_pair", &fwd_pair_op);
-  m.impl("lstm_proj_bwd_pair", &bwd_pair_op);
 }
 
 }  // namespace lstm_proj
