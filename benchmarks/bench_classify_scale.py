@@ -24,7 +24,7 @@ import random
 import sys
 import tempfile
 
-from bench_embed import TRAIN, cpu_name, make_model, run_measured
+from bench_embed import TRAIN, cpu_name, make_model, run_measured, write_results
 
 
 def _sentences():
@@ -100,11 +100,7 @@ def main() -> None:
                 "|---|---|---|---|---|---|---|\n")
         body = "".join(f"| {r['documents']:,} | {r['tokens']:,} | {r['cache_memory_gib']} | {r['wall_s']:.0f} | "
                        f"{r['elmo_tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['spill']} |\n" for r in rows)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(head + body)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+        write_results(args.out, head + body, rows)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,15 @@ def run_measured(cmd: list[str], what: str) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, text
 
 
+def write_results(out: str, markdown: str, rows: list[dict]) -> None:
+    """The markdown table to `out` and the raw rows (with the CPU's name) to the .json beside it."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(markdown)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+
+
 def run_one(corpus: str, out: str, model: str, extra: list[str]) -> dict:
     """One `elmo-fast embed` process: wall seconds and its own peak RSS."""
     cmd = [sys.executable, "-m", "elmo_fast.cli", "embed", corpus, out, "--top", "--elmo", model, "--no-progress", *extra]
@@ -134,10 +143,7 @@ def main() -> None:
                 "| sentences | tokens | mode | wall s | sentences/s | tokens/s | peak RSS MB | file MB |\n|---|---|---|---|---|---|---|---|\n")
         body = "".join(f"| {r['sentences']:,} | {r['tokens']:,} | {r['mode']} | {r['wall_s']:.1f} | {r['sentences_per_s']:,.0f} | "
                        f"{r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['file_mb']:,.0f} |\n" for r in rows)
-        with open(args.out, "w") as f:
-            f.write(head + body)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+        write_results(args.out, head + body, rows)
 
 
 if __name__ == "__main__":

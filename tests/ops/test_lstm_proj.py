@@ -429,12 +429,13 @@ def two_threads():
 def test_pair_matches_each_direction(dtype):
     """Own lengths per direction (unsorted, 0, 1 and full), clipping firing, initial states: the
     outputs and every gradient of both directions equal the reference run one direction at a time."""
-    from elmo_fast.ops.lstm_proj.function import lstm_proj_pair, pair_supported
+    from elmo_fast.ops.lstm_proj.function import lstm_proj_pair
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
 
     xf, len_f, wf, h0f, c0f = make_inputs(B=7, T=9, I=5, C=11, P=6, dtype=dtype, scale=3.0, seed=1)
     xb, _, wb, h0b, c0b = make_inputs(B=7, T=9, I=5, C=11, P=6, dtype=dtype, scale=3.0, seed=2)
     len_b = torch.tensor([2, 9, 0, 1, 5, 9, 7])
-    assert pair_supported(xf, None, None, wf[1])
+    assert plan_lstm_proj(xf.device, xf.dtype, wf[1].shape, wf[3].shape, directions=2).pair
     leaves = [t.clone().requires_grad_() for t in (xf, *wf, h0f, c0f, xb, *wb, h0b, c0b)]
     ref = (*lstm_proj_ref(leaves[0], len_f, *leaves[1:5], 0.9, 0.5, False, leaves[5], leaves[6]),
            *lstm_proj_ref(leaves[7], len_b, *leaves[8:12], 0.9, 0.5, True, leaves[12], leaves[13]))
@@ -466,7 +467,11 @@ def test_pair_gradcheck_fp64():
 
 
 def test_pair_is_used_only_where_it_pays():
-    from elmo_fast.ops.lstm_proj.function import pair_supported
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
+
+    def pair_supported(x, backend, gemm_dtype, w_rec):
+        w_proj_shape = (w_rec.shape[1], w_rec.shape[0] // 4)
+        return plan_lstm_proj(x.device, x.dtype, w_rec.shape, w_proj_shape, backend, gemm_dtype, directions=2).pair
 
     x = torch.randn(2, 3, 4)
     old = torch.get_num_threads()

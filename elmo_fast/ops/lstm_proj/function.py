@@ -239,13 +239,6 @@ class LstmProjPairFunction(torch.autograd.Function):
         return (None, None, *(g for r in (f, b) for g in (r[0], None, *r[1:])))
 
 
-def pair_supported(x: torch.Tensor, backend: str | None, gemm_dtype: torch.dtype | None, w_rec: torch.Tensor) -> bool:
-    """Whether `plan_lstm_proj` runs a layer's two directions as a pair (`lstm_proj_pair`) for
-    inputs like `x` and a recurrent weight like `w_rec` (the rule: plan.py's `_pair`)."""
-    return plan_lstm_proj(x.device, x.dtype, w_rec.shape, (w_rec.shape[1], w_rec.shape[0] // 4), backend, gemm_dtype,
-                          directions=2).pair
-
-
 def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=None, proj_clip=None,
                    state_fwd=None, state_bwd=None, gemm_dtype=None):
     """The forward and the reverse direction of one layer on the cpp backend, concurrently.
@@ -254,7 +247,7 @@ def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=No
     weights_* = (w_in, w_rec, bias, w_proj) as `lstm_proj` takes them; state_* = (h0, c0) or None.
     Returns (out, h_n, c_n) of the forward direction, then of the reverse one: what
     `lstm_proj(..., reverse=False)` and `lstm_proj(..., reverse=True)` return; gemm_dtype as
-    `lstm_proj` takes it. Callers check `pair_supported` first.
+    `lstm_proj` takes it. Callers check `plan_lstm_proj(..., directions=2).pair` first.
     """
     lengths_pair = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
     dirs = []
