@@ -56,19 +56,55 @@ def make_model(d: str) -> None:
     save_hdf5(bilm, os.path.join(d, "weights.hdf5"))
 
 
-def run_measured(cmd: list[str], what: str) -> tuple[float, float, str]:
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_measured(cmd: list[str], what: str, trace: list | None = None) -> tuple[float, float, str]:
     """Run `cmd` in its own process: (wall s, its own peak RSS in MB, its stdout + stderr). The output
-    goes to a temporary file, not a pipe, so a chatty child never blocks on a full pipe."""
+    goes to a temporary file, not a pipe, so a chatty child never blocks on a full pipe. `trace`: a
+    list that gets (seconds, RSS MB) every second of the run (Linux /proc), to see where RSS grows."""
+    import threading
+
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(1.0):
+                rss = _rss_mb(p.pid)
+                if rss is not None:
+                    trace.append((round(time.perf_counter() - t0, 1), round(rss, 1)))
+
+        sampler = threading.Thread(target=sample, daemon=True) if trace is not None else None
+        if sampler:
+            sampler.start()
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
+        done.set()
+        if sampler:
+            sampler.join()
         log.seek(0)
         text = log.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{what} failed: {text[-3000:]}")
     return wall, usage.ru_maxrss / 1024, text
+
+
+def rss_at(trace: list, fractions=(0.25, 0.5, 0.75, 0.95)) -> dict:
+    """RSS (MB) at those fractions of the run's wall time, from a `run_measured` trace."""
+    if not trace:
+        return {}
+    end = trace[-1][0]
+    return {f"{int(q * 100)}%": next(r for t, r in trace if t >= q * end) for q in fractions}
 
 
 def write_results(out: str, markdown: str, rows: list[dict]) -> None:
@@ -83,8 +119,11 @@ def write_results(out: str, markdown: str, rows: list[dict]) -> None:
 def run_one(corpus: str, out: str, model: str, extra: list[str]) -> dict:
     """One `elmo-fast embed` process: wall seconds and its own peak RSS."""
     cmd = [sys.executable, "-m", "elmo_fast.cli", "embed", corpus, out, "--top", "--elmo", model, "--no-progress", *extra]
-    wall, rss, _ = run_measured(cmd, "embed")
-    return {"wall_s": wall, "peak_rss_mb": rss, "file_mb": os.path.getsize(out) / 2**20}
+    trace: list = []
+    wall, rss, _ = run_measured(cmd, "embed", trace)
+    step = max(1, len(trace) // 200)
+    return {"wall_s": wall, "peak_rss_mb": rss, "file_mb": os.path.getsize(out) / 2**20, "rss_at_mb": rss_at(trace),
+            "rss_trace": trace[::step]}
 
 
 def cpu_name() -> str:
@@ -140,9 +179,12 @@ def main() -> None:
         head = (f"# `elmo-fast embed` at corpus scale ('tiny', --top)\n\nCPU: {cpu_name()}, {os.cpu_count()} cores; "
                 f"torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}. "
                 "Wall time includes the process start and the model load. Peak RSS is the process's own.\n\n"
-                "| sentences | tokens | mode | wall s | sentences/s | tokens/s | peak RSS MB | file MB |\n|---|---|---|---|---|---|---|---|\n")
+                "RSS at 25/50/75/95% of the run's wall time is sampled from /proc every second (the full trace is in the .json).\n\n"
+                "| sentences | tokens | mode | wall s | sentences/s | tokens/s | RSS MB at 25/50/75/95% | peak RSS MB | file MB |\n"
+                "|---|---|---|---|---|---|---|---|---|\n")
         body = "".join(f"| {r['sentences']:,} | {r['tokens']:,} | {r['mode']} | {r['wall_s']:.1f} | {r['sentences_per_s']:,.0f} | "
-                       f"{r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['file_mb']:,.0f} |\n" for r in rows)
+                       f"{r['tokens_per_s']:,.0f} | {' / '.join(f'{v:,.0f}' for v in r['rss_at_mb'].values())} | "
+                       f"{r['peak_rss_mb']:,.0f} | {r['file_mb']:,.0f} |\n" for r in rows)
         write_results(args.out, head + body, rows)
 
 

@@ -26,7 +26,6 @@ from benchmarks.common import (
 from elmo_fast._backend import choose_backend, cpu_has_native_bf16
 from elmo_fast.modules.char_encoder import ElmoCharacterEncoder, add_sentence_boundary_token_ids
 from elmo_fast.ops.encoder import char_cnn, char_cnn_ref
-from elmo_fast.ops.encoder.function import SUPPORTED
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -104,7 +103,7 @@ def test_char_encoder(benchmark, provider, mode, preset, data, shape, device, th
         torch.set_num_threads(old_threads)
     tokens_per_second(benchmark, ids.shape[0])
     benchmark.extra_info.update(
-        backend={"eager": "torch-eager", "triton": "triton"}.get(provider) or choose_backend(ids.device, SUPPORTED),
+        backend={"eager": "torch-eager", "triton": "triton"}.get(provider) or choose_backend(ids.device),
         device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         unique_tokens=int(torch.unique(ids, dim=0).shape[0]),
     )

@@ -108,8 +108,8 @@ def _warn_fallback(skipped: str, chosen: str, device: torch.device, reason: str)
                   RuntimeWarning, stacklevel=3)
 
 
-def choose_backend(device: torch.device, supported: tuple[str, ...], requested: str | None = None) -> str:
-    """Backend for an op that implements `supported` on `device`.
+def choose_backend(device: torch.device, supported: tuple[str, ...] = BACKENDS, requested: str | None = None) -> str:
+    """Backend for an op that implements `supported` (every op implements all of BACKENDS) on `device`.
 
     `requested` (an argument) wins over the environment; with neither, the fastest available. On a
     GPU, a faster backend that is installed but cannot run there (a GPU older than the compiled archs,

@@ -74,9 +74,34 @@ def test_cli_equals_allennlp(elmo_dir, sentences_file, tmp_path, fmt, capsys):
     assert index == ref_index and index["Hello"] == "4" and index["padded   with   spaces"] == "7"
     _assert_same(ref, got)
     assert got["2"].shape == ((3, 13, 14) if fmt == "all" else (13, 14))
-    with h5py.File(out, "r") as f:  # AllenNLP's layout: a 1-element variable-length string dataset
+    with h5py.File(out, "r") as f, h5py.File(tmp_path / f"allennlp-{fmt}-3.hdf5", "r") as allennlp:
+        # AllenNLP's layout: a 1-element variable-length string dataset, the same bytes
         assert f["sentence_to_index"].shape == (1,) and h5py.check_string_dtype(f["sentence_to_index"].dtype) is not None
+        assert f["sentence_to_index"][0] == allennlp["sentence_to_index"][0]
     assert sorted(os.listdir(tmp_path)) == sorted(["emb.hdf5", f"allennlp-{fmt}-3.hdf5"])  # no temporary left
+
+
+def test_sentence_index_is_json_dumps_of_the_dict_without_building_it(tmp_path):
+    """The index JSON is streamed (no dict of every sentence), and equals json.dumps of AllenNLP's
+    dict byte for byte: repeats keep their first place and take their last line number; quotes,
+    backslashes, control and non-ASCII characters are escaped as json.dumps escapes them."""
+    import json
+
+    from elmo_fast.embed_hdf5 import _scan, _sentence_index_json
+
+    rng = np.random.default_rng(5)
+    pool = ["a b", 'say "hi"', "back\\slash", "tab\there", "Über naïve 😀", "x", "y z", "a b c"]
+    lines = [pool[i] for i in rng.integers(0, len(pool), 300)] + [f"unique {i}" for i in range(50)]
+    lines = [lines[i] for i in rng.permutation(len(lines))]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    want = json.dumps({line: str(i) for i, line in enumerate(lines)}).encode("ascii")
+    assert _sentence_index_json(_scan(str(path), False)) == want
+    with open(path, encoding="utf-8") as f:  # an open file, held as a list
+        assert _sentence_index_json(_scan(f, False)) == want
+    one = tmp_path / "one.txt"
+    one.write_text("only\n")
+    assert _sentence_index_json(_scan(str(one), False)) == b'{"only": "0"}'
 
 
 def test_cli_sentence_keys_and_forget_sentences(elmo_dir, tmp_path):

@@ -35,6 +35,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "common/no_autograd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -417,6 +419,13 @@ TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("char_cnn_conv_max", &char_cnn_conv_max);
   m.impl("char_cnn_conv_max_backward", &char_cnn_conv_max_backward);
   m.impl("unique_rows", &unique_rows);
+}
+
+TORCH_LIBRARY_IMPL(elmo_fast, Autograd, m) {
+  // the one autograd path of conv-max: CharConvMaxFunction (elmo_fast/ops/char_cnn/function.py)
+  m.impl("char_cnn_conv_max", no_autograd("elmo_fast.ops.char_cnn.char_cnn_conv_max"));
+  m.impl("char_cnn_conv_max_backward", no_autograd("elmo_fast.ops.char_cnn.char_cnn_conv_max"));
+  m.impl("unique_rows", no_autograd("elmo_fast.ops.encoder.unique_tokens"));
 }
 
 }  // namespace elmo_fast

@@ -3,6 +3,7 @@
 // is F.linear against it. The char CNN's highway and projection layers use it at inference, where
 // the weight stays the same across calls: MKL re-packs a weight inside every sgemm call, and on
 // 2 threads its GEMM at the highway's shape (362 x 2048 -> 4096) scaled to ~1.5x only.
+#include "common/no_autograd.h"
 #include "common/packed_gemm.h"
 
 #include <torch/extension.h>
@@ -61,6 +62,13 @@ TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("gemm_pack", &gemm_pack_op);
   m.impl("gemm_pack_bf16", &gemm_pack_bf16_op);
   m.impl("packed_linear", &packed_linear_op);
+}
+
+TORCH_LIBRARY_IMPL(elmo_fast, Autograd, m) {
+  // the packed GEMMs serve inference only (the plans never pick them when a gradient is needed)
+  m.impl("gemm_pack", no_autograd("torch.nn.functional.linear"));
+  m.impl("gemm_pack_bf16", no_autograd("torch.nn.functional.linear"));
+  m.impl("packed_linear", no_autograd("torch.nn.functional.linear"));
 }
 
 }  // namespace gemm

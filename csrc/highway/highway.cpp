@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 
 #include "common/fast_math.h"
+#include "common/no_autograd.h"
 #include "common/parallel.h"
 
 namespace elmo_fast {
@@ -109,6 +110,11 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
 TORCH_LIBRARY_IMPL(elmo_fast, CPU, m) {
   m.impl("highway_gate", &highway_gate);
   m.impl("highway_gate_backward", &highway_gate_backward);
+}
+
+TORCH_LIBRARY_IMPL(elmo_fast, Autograd, m) {
+  m.impl("highway_gate", no_autograd("elmo_fast.ops.highway.highway"));
+  m.impl("highway_gate_backward", no_autograd("elmo_fast.ops.highway.highway"));
 }
 
 }  // namespace elmo_fast

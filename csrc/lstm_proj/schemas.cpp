@@ -2,6 +2,8 @@
 // (CPU), lstm_proj_kernels.cu (CUDA, in _C_cuda); their fakes: elmo_fast/ops/lstm_proj/registration.py.
 #include <torch/library.h>
 
+#include "common/no_autograd.h"
+
 namespace elmo_fast {
 namespace lstm_proj {
 
@@ -28,6 +30,16 @@ TORCH_LIBRARY_FRAGMENT(elmo_fast, m) {
   m.def(
       "lstm_proj_fwd_bf16(Tensor x, Tensor lengths, Tensor w_in, Tensor w_rec, Tensor bias, Tensor w_proj, "
       "Tensor h0, Tensor c0, float cell_clip, float proj_clip, bool reverse) -> (Tensor out, Tensor h_n, Tensor c_n)");
+}
+
+// Their autograd: LstmProjFunction / LstmProjPairFunction (elmo_fast/ops/lstm_proj/function.py).
+TORCH_LIBRARY_IMPL(elmo_fast, Autograd, m) {
+  for (const char* op : {"lstm_proj_fwd", "lstm_proj_bwd", "lstm_proj_fwd_packed", "lstm_proj_fwd_bf16"}) {
+    m.impl(op, no_autograd("elmo_fast.ops.lstm_proj.lstm_proj"));
+  }
+  for (const char* op : {"lstm_proj_fwd_pair", "lstm_proj_bwd_pair"}) {
+    m.impl(op, no_autograd("elmo_fast.ops.lstm_proj.lstm_proj_pair"));
+  }
 }
 
 }  // namespace lstm_proj

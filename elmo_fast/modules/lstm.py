@@ -83,11 +83,12 @@ def run_layer(fl: LstmCellWithProjection, bl: LstmCellWithProjection, f_in: torc
     Returns ((f_out, (h, c)), (b_out, (h, c)))."""
     same = (fl.backend, fl.gemm_dtype, fl.memory_cell_clip_value, fl.state_projection_clip_value) == (
         bl.backend, bl.gemm_dtype, bl.memory_cell_clip_value, bl.state_projection_clip_value)
-    if same and plan_lstm_proj(f_in.device, f_in.dtype, fl.state_linearity.weight.shape, fl.state_projection.weight.shape,
-                               fl.backend, fl.gemm_dtype, directions=2).pair:
+    plan = same and plan_lstm_proj(f_in.device, f_in.dtype, fl.state_linearity.weight.shape, fl.state_projection.weight.shape,
+                                   fl.backend, fl.gemm_dtype, directions=2)
+    if plan and plan.pair:
         (f_out, fh, fc), (b_out, bh, bc) = lstm_proj_pair(
             f_in, b_in, lengths, fl.weights(), bl.weights(), fl.memory_cell_clip_value, fl.state_projection_clip_value,
-            f_state, b_state, gemm_dtype=fl.gemm_dtype)
+            f_state, b_state, plan=plan)
         return (f_out, (fh, fc)), (b_out, (bh, bc))
     f_len, b_len = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
     return fl._run(f_in, f_len, f_state), bl._run(b_in, b_len, b_state)

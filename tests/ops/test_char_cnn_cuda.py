@@ -74,7 +74,7 @@ def test_cuda_half_within_twice_eager_error(dtype):
 def test_cuda_opcheck():
     ids = mixed_ids(n_random=3).cuda()
     emb, ws, bs, *_ = make_params()
-    args = (ids, emb.detach().cuda().requires_grad_(), [w.detach().cuda().requires_grad_() for w in ws], [b.detach().cuda().requires_grad_() for b in bs], "relu")
+    args = (ids, emb.detach().cuda(), [w.detach().cuda() for w in ws], [b.detach().cuda() for b in bs], "relu")
     torch.library.opcheck(torch.ops.elmo_fast.char_cnn_conv_max.default, args)
 
 

@@ -454,14 +454,17 @@ def test_pair_matches_each_direction(dtype):
 @pytest.mark.usefixtures("two_threads")
 def test_pair_gradcheck_fp64():
     from elmo_fast.ops.lstm_proj.function import LstmProjPairFunction
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
 
     xf, len_f, wf, h0f, c0f = make_inputs(B=3, T=4, I=2, C=3, P=2, dtype=torch.float64, lengths=torch.tensor([4, 1, 2]))
     xb, _, wb, h0b, c0b = make_inputs(B=3, T=4, I=2, C=3, P=2, dtype=torch.float64, seed=3)
     len_b = torch.tensor([3, 4, 0])
     ins = [t.clone().requires_grad_() for t in (xf, *wf, h0f, c0f, xb, *wb, h0b, c0b)]
+    plan = plan_lstm_proj(xf.device, xf.dtype, wf[1].shape, wf[3].shape, "cpp", directions=2)
+    assert plan.packed is None  # fp64: the unpacked kernels
 
     def fn(*t):
-        return LstmProjPairFunction.apply(0.8, 0.6, t[0], len_f, *t[1:7], t[7], len_b, *t[8:14])
+        return LstmProjPairFunction.apply(plan, 0.8, 0.6, t[0], len_f, *t[1:7], t[7], len_b, *t[8:14])
 
     assert torch.autograd.gradcheck(fn, ins, eps=1e-6, atol=1e-5)
 

@@ -13,6 +13,7 @@ import torch
 from elmo_fast.ops.encoder.plan import plan_char_cnn
 from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
 from tests.ops.char_cnn_helpers import requires_cpp
+from tests.ops.lstm_proj_helpers import make_inputs
 
 CPU = torch.device("cpu")
 
@@ -93,3 +94,18 @@ def test_info_prints_the_plan():
     bad = subprocess.run([sys.executable, "-m", "elmo_fast.info", "--plan", "tiny", "--backend", "cuda"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "cannot run on cpu tensors" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@requires_cpp
+def test_the_pair_takes_the_packed_weights_its_plan_names():
+    """lstm_proj_pair packs the weights in the dtype `LstmPlan.packed` says: fp32 copies for fp32,
+    bf16 ones with the bf16-GEMM option, none for fp64 (the unpacked kernels)."""
+    from elmo_fast.ops.lstm_proj.function import _pair_args
+
+    for dtype, gemm_dtype, want in ((torch.float32, None, torch.float32), (torch.float32, torch.bfloat16, torch.bfloat16),
+                                    (torch.float64, None, None)):
+        x, lengths, ws, h0, c0 = make_inputs(B=3, T=4, I=5, C=6, P=3, dtype=dtype)
+        plan = plan_lstm_proj(x.device, dtype, ws[1].shape, ws[3].shape, "cpp", gemm_dtype, directions=2)
+        assert plan.packed == want
+        packed = _pair_args(plan, x, lengths, *ws, h0, c0)[8:]
+        assert all(p is None for p in packed) if want is None else all(p.dtype == want for p in packed)

@@ -1,6 +1,7 @@
 """Every op registered under torch.ops.elmo_fast passes torch.library.opcheck (schema, fake kernel,
-autograd registration, torch.compile tracing) on a small odd-shaped input; an op added without a
-sample here fails the test, so no registration goes unchecked."""
+autograd registration, torch.compile tracing) on a small odd-shaped input, and refuses tensors that
+require grad (its gradient belongs to the op's autograd Function); an op added without a sample here
+fails the test, so no registration goes unchecked."""
 
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ def _lstm_fwd_bf16():
 
 def _pair_dirs():
     from elmo_fast.ops.lstm_proj.function import _pair_args
+    from elmo_fast.ops.lstm_proj.plan import plan_lstm_proj
 
     xf, len_f, wf, h0f, c0f = make_inputs(B=4, T=5, I=3, C=4, P=2)
     xb, _, wb, h0b, c0b = make_inputs(B=4, T=5, I=3, C=4, P=2, seed=4)
-    return _pair_args(xf, len_f, *wf, h0f, c0f), _pair_args(xb, len_f, *wb, h0b, c0b)
+    plan = plan_lstm_proj(xf.device, xf.dtype, wf[1].shape, wf[3].shape, "cpp", directions=2)
+    return _pair_args(plan, xf, len_f, *wf, h0f, c0f), _pair_args(plan, xb, len_f, *wb, h0b, c0b)
 
 
 def _lstm_fwd_pair():
@@ -67,7 +70,8 @@ def _lstm_bwd_pair():
 
 def _conv_max():
     ids = mixed_ids(n_random=3)
-    emb, ws, bs, *_ = make_params(dtype=torch.float32)  # leaves that require grad: the autograd registration runs
+    emb, ws, bs, *_ = make_params(dtype=torch.float32)
+    emb, ws, bs = emb.detach(), [w.detach() for w in ws], [b.detach() for b in bs]
     return [(ids, emb, ws, bs, "relu"), (ids, emb, ws, bs, "tanh")]
 
 
@@ -129,3 +133,36 @@ def test_opcheck(name):
     op = getattr(torch.ops.elmo_fast, name).default
     for args in SAMPLES[name]():
         torch.library.opcheck(op, args)
+
+
+def _with_grad(args):
+    """`args` with every floating-point tensor (also inside lists) a fresh leaf that requires grad."""
+    def leaf(t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.detach().clone().requires_grad_()
+        if isinstance(t, (list, tuple)):
+            return type(t)(leaf(e) for e in t)
+        return t
+
+    return [leaf(a) for a in args]
+
+
+def _has_float(args) -> bool:
+    return any(_has_float(a) if isinstance(a, (list, tuple)) else isinstance(a, torch.Tensor) and a.is_floating_point()
+               for a in args)
+
+
+@requires_cpp
+@pytest.mark.parametrize("name", sorted(n for n in SAMPLES if n != "unique_rows"))  # unique_rows: integer ids only
+def test_raw_op_refuses_tensors_that_require_grad(name):
+    """PyTorch's fallback would run the op, warn at backward and leave every gradient None; the raw
+    ops raise at the call instead, naming the differentiable entry point, and run under no_grad."""
+    op = getattr(torch.ops.elmo_fast, name).default
+    args = SAMPLES[name]()[0]
+    assert _has_float(args)
+    grad_args = _with_grad(args)
+    with pytest.raises(RuntimeError, match=r"raw kernel without autograd.*for gradients call elmo_fast\.ops\.|"
+                                           r"raw kernel without autograd.*torch\.nn\.functional\.linear"):
+        op(*grad_args)
+    with torch.no_grad():
+        op(*grad_args)

@@ -50,8 +50,7 @@ _BACKWARD = {
 
 
 def conv_max_backward(backend: str, grad, char_ids, emb, weights, feats, argmax, activation):
-    """(grad_emb, weight grads, bias grads) of the conv-max op: the one backward of
-    `CharConvMaxFunction` and of the registered op's autograd (registration.py)."""
+    """(grad_emb, weight grads, bias grads) of the conv-max op: the backward of `CharConvMaxFunction`."""
     if backend in ("cuda", "triton") and torch.are_deterministic_algorithms_enabled():
         # The GPU kernels scatter the embedding and bias gradients with atomics, whose summation
         # order varies run to run. Under torch.use_deterministic_algorithms (e.g.

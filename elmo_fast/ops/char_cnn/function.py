@@ -14,10 +14,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..._backend import choose_backend
+from ..._backend import BACKENDS, choose_backend
 from .backends import FORWARD, conv_max_backward
-
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
 @torch.compiler.disable  # data-dependent checks (ids/lengths in range): host-side, not traced
@@ -73,5 +71,5 @@ class CharConvMaxFunction(torch.autograd.Function):
 def char_cnn_conv_max(char_ids, emb, weights, biases, activation="relu", backend: str | None = None):
     """Fused conv + max + activation alone (no highway/projection): `[N, W]` ids -> (`[N, F]`, argmax `[N, F]` int32)."""
     check_conv(char_ids, emb, weights, biases, activation)
-    chosen = choose_backend(char_ids.device, SUPPORTED, backend)
+    chosen = choose_backend(char_ids.device, BACKENDS, backend)
     return CharConvMaxFunction.apply(chosen, activation, char_ids, emb, len(weights), *weights, *biases)

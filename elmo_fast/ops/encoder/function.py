@@ -19,7 +19,7 @@ from ..char_cnn.function import CharConvMaxFunction, check_conv
 from ..gemm import check_gemm_dtype, linear
 from ..highway import highway
 from ..weight_copies import bf16_copy
-from .plan import SUPPORTED, EncoderPlan, plan_char_cnn  # noqa: F401  (SUPPORTED: the backends, for callers)
+from .plan import EncoderPlan, plan_char_cnn
 from .reference import char_cnn_ref
 
 

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..._backend import choose_backend, gpu_autocast_dtype
+from ..._backend import BACKENDS, choose_backend, gpu_autocast_dtype
 from ..highway import highway_variant
-
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 _log = logging.getLogger("elmo_fast.plan")
 
@@ -53,7 +51,7 @@ def plan_char_cnn(device: torch.device, dtype: torch.dtype, backend: str | None 
                   gemm_dtype: torch.dtype | None = None, dedup: bool | None = None, cache: bool = False) -> EncoderPlan:
     """The plan for the encoder with weights of `dtype` on `device`; `inference`: no gradient is
     needed; `cache`: a word-vector cache was passed. Raises what `choose_backend` raises."""
-    chosen = choose_backend(device, SUPPORTED, backend)
+    chosen = choose_backend(device, BACKENDS, backend)
     autocast = gpu_autocast_dtype(device, chosen, dtype)
     run_dtype = autocast or dtype
     use_cache = cache and inference

@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from ... import _ext
 from ..gemm import check_gemm_dtype, gemm_packed_bf16_t, gemm_packed_t
-from .plan import SUPPORTED, LstmPlan, plan_lstm_proj  # noqa: F401  (SUPPORTED: the backends, for callers)
+from .plan import LstmPlan, plan_lstm_proj
 from .reference import lstm_proj_ref
 
 
@@ -83,7 +83,7 @@ def _fwd_impl(plan: LstmPlan):
         def packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *flags):
             # the three weights go in packed once per weight version (weight_copies), not per call
             return torch.ops.elmo_fast.lstm_proj_fwd_packed(x, lengths, w_in, w_rec, bias, w_proj, h0, c0,
-                                                            *_packed(w_in, w_rec, w_proj, gemm_dtype=plan.gemm_dtype), *flags)
+                                                            *_packed(w_in, w_rec, w_proj, dtype=plan.packed), *flags)
 
         return packed
     if plan.backend == "cuda":
@@ -173,12 +173,18 @@ def lstm_proj(
     # dtype: the autocast dtype on the GPU backends (as eager's F.linear would run), the weights'
     # dtype on the CPU one (no half-precision kernels there).
     _check(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, same_dtype=not autocast)
-    if autocast and plan.backend != "torch":
-        target = plan.autocast or w_in.dtype
-        cast = [None if t is None else t.to(target) for t in (x, w_in, w_rec, bias, w_proj, h0, c0)]
-        with torch.autocast(x.device.type, enabled=False):
-            return lstm_proj(cast[0], lengths, *cast[1:5], cell_clip, proj_clip, reverse, cast[5], cast[6], backend=plan.backend,
-                             gemm_dtype=gemm_dtype)
+    if not autocast or plan.backend == "torch":
+        return _run(plan, x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
+    target = plan.autocast or w_in.dtype
+    x, w_in, w_rec, bias, w_proj, h0, c0 = (None if t is None else t.to(target) for t in (x, w_in, w_rec, bias, w_proj, h0, c0))
+    with torch.autocast(x.device.type, enabled=False):
+        return _run(plan, x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0)
+
+
+def _run(plan: LstmPlan, x, lengths, w_in, w_rec, bias, w_proj, cell_clip, proj_clip, reverse, h0, c0):
+    """`lstm_proj` once its inputs are checked and share one dtype: the eager reference, the
+    autograd Function, or the forward kernel alone (inference)."""
+    gemm_dtype = plan.gemm_dtype
     if gemm_dtype is not None and (plan.backend != "cpp" or x.dtype != torch.float32):
         raise ValueError(f"gemm_dtype={gemm_dtype} needs float32 CPU tensors and the cpp backend (got {x.dtype} on "
                          f"backend {plan.backend!r}); on a GPU cast the model with .to(torch.bfloat16) instead")
@@ -201,15 +207,17 @@ def lstm_proj(
 # Both directions of a layer at once (CPU, 2 threads): one direction per thread.
 
 
-def _packed(*weights, gemm_dtype=None):
-    """The weights' cached packed copies for the C++ GEMMs: bf16 ones for gemm_dtype=torch.bfloat16
-    (vdpbf16ps where the CPU has avx512_bf16, the same bf16 numbers through fp32 FMAs elsewhere)."""
-    pack = gemm_packed_bf16_t if gemm_dtype == torch.bfloat16 else gemm_packed_t
+def _packed(*weights, dtype=torch.float32):
+    """The weights' cached packed copies for the C++ GEMMs (`LstmPlan.packed`): bf16 ones for the
+    bf16-GEMM option (vdpbf16ps where the CPU has avx512_bf16, the same bf16 numbers through fp32
+    FMAs elsewhere), else fp32."""
+    pack = gemm_packed_bf16_t if dtype == torch.bfloat16 else gemm_packed_t
     return [pack(w) for w in weights]
 
 
-def _pair_args(x, lengths, w_in, w_rec, bias, w_proj, h0, c0, gemm_dtype=None):
-    packed = _packed(w_in, w_rec, w_proj, gemm_dtype=gemm_dtype) if x.dtype == torch.float32 else [None] * 3
+def _pair_args(plan: LstmPlan, x, lengths, w_in, w_rec, bias, w_proj, h0, c0):
+    """One direction's argument list of the pair ops, with the packed weights `plan` names."""
+    packed = _packed(w_in, w_rec, w_proj, dtype=plan.packed) if plan.packed is not None else [None] * 3
     return [x, lengths, w_in, w_rec, bias, w_proj, h0, c0, *packed]
 
 
@@ -218,10 +226,10 @@ class LstmProjPairFunction(torch.autograd.Function):
     on its own thread in forward and in backward (torch.ops.elmo_fast.lstm_proj_{fwd,bwd}_pair)."""
 
     @staticmethod
-    def forward(ctx, cell_clip, proj_clip, *tensors):
+    def forward(ctx, plan, cell_clip, proj_clip, *tensors):
         dirs = tensors[:8], tensors[8:]  # each: x, lengths, w_in, w_rec, bias, w_proj, h0, c0
-        results = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(*dirs[0]), _pair_args(*dirs[1]), cell_clip, proj_clip,
-                                                         True)
+        results = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(plan, *dirs[0]), _pair_args(plan, *dirs[1]), cell_clip,
+                                                         proj_clip, True)
         ctx.clips = (cell_clip, proj_clip)
         saved = []
         for (x, lengths, w_in, w_rec, _bias, w_proj, h0, c0), r in zip(dirs, results):
@@ -236,19 +244,27 @@ class LstmProjPairFunction(torch.autograd.Function):
         args = [[*(g.contiguous() for g in grads[3 * d : 3 * d + 3]), *saved[12 * d : 12 * d + 12]] for d in range(2)]
         f, b = torch.ops.elmo_fast.lstm_proj_bwd_pair(args[0], args[1], *ctx.clips)
         # per direction: (dx, dlengths, dw_in, dw_rec, dbias, dw_proj, dh0, dc0)
-        return (None, None, *(g for r in (f, b) for g in (r[0], None, *r[1:])))
+        return (None, None, None, *(g for r in (f, b) for g in (r[0], None, *r[1:])))
 
 
 def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=None, proj_clip=None,
-                   state_fwd=None, state_bwd=None, gemm_dtype=None):
+                   state_fwd=None, state_bwd=None, gemm_dtype=None, *, plan: LstmPlan | None = None):
     """The forward and the reverse direction of one layer on the cpp backend, concurrently.
 
     x_fwd, x_bwd `[B, T, I]`; lengths `[B]` for both, or a pair (forward's, reverse's);
     weights_* = (w_in, w_rec, bias, w_proj) as `lstm_proj` takes them; state_* = (h0, c0) or None.
     Returns (out, h_n, c_n) of the forward direction, then of the reverse one: what
     `lstm_proj(..., reverse=False)` and `lstm_proj(..., reverse=True)` return; gemm_dtype as
-    `lstm_proj` takes it. Callers check `plan_lstm_proj(..., directions=2).pair` first.
+    `lstm_proj` takes it. plan: the layer's `plan_lstm_proj(..., directions=2)` (planned here when
+    None); its `pair` says whether the pair pays on this machine, which callers check first.
     """
+    if plan is None:
+        plan = plan_lstm_proj(x_fwd.device, x_fwd.dtype, weights_fwd[1].shape, weights_fwd[3].shape, "cpp", gemm_dtype,
+                              directions=2)
+    if plan.backend != "cpp":
+        raise ValueError(f"lstm_proj_pair runs on the cpp backend only; this plan is {plan.describe()}: call lstm_proj per direction")
+    if plan.gemm_dtype is not None and x_fwd.dtype != torch.float32:
+        raise ValueError(f"gemm_dtype={plan.gemm_dtype} needs float32 CPU tensors, got {x_fwd.dtype}")
     lengths_pair = lengths if isinstance(lengths, (tuple, list)) else (lengths, lengths)
     dirs = []
     for x, lens, ws, state in ((x_fwd, lengths_pair[0], weights_fwd, state_fwd), (x_bwd, lengths_pair[1], weights_bwd, state_bwd)):
@@ -258,11 +274,11 @@ def lstm_proj_pair(x_fwd, x_bwd, lengths, weights_fwd, weights_bwd, cell_clip=No
     cell_clip, proj_clip = _clips(cell_clip, proj_clip)
     tensors = [t for d in dirs for t in d]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if gemm_dtype is not None:
-        check_gemm_dtype(gemm_dtype, grad)
+    if plan.gemm_dtype is not None:
+        check_gemm_dtype(plan.gemm_dtype, grad)
     elif grad:
-        out = LstmProjPairFunction.apply(cell_clip, proj_clip, *tensors)
+        out = LstmProjPairFunction.apply(plan, cell_clip, proj_clip, *tensors)
         return out[:3], out[3:]
-    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(*dirs[0], gemm_dtype=gemm_dtype),
-                                                  _pair_args(*dirs[1], gemm_dtype=gemm_dtype), cell_clip, proj_clip, False)
+    f, b = torch.ops.elmo_fast.lstm_proj_fwd_pair(_pair_args(plan, *dirs[0]), _pair_args(plan, *dirs[1]), cell_clip, proj_clip,
+                                                  False)
     return tuple(f[:3]), tuple(b[:3])

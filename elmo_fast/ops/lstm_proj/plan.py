@@ -11,9 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ... import _ext
-from ..._backend import choose_backend, gpu_autocast_dtype
-
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
+from ..._backend import BACKENDS, choose_backend, gpu_autocast_dtype
 
 #: The Triton in-kernel time loop is used when padded C x P is at most this (the 4 gate blocks of
 #: w_rec and w_proj, 5 x C x P values, then stay on chip); larger models use the per-step kernels
@@ -81,7 +79,7 @@ def plan_lstm_proj(device: torch.device, dtype: torch.dtype, w_rec_shape, w_proj
     """The plan for an LSTM layer's direction(s) on `device` with inputs and weights of `dtype`
     (`w_rec` `[4C, P]`, `w_proj` `[P, C]`); `directions=2` asks whether a layer's two directions
     run as a pair. Raises what `choose_backend` raises for a backend that cannot run."""
-    chosen = choose_backend(device, SUPPORTED, backend)
+    chosen = choose_backend(device, BACKENDS, backend)
     autocast = gpu_autocast_dtype(device, chosen, dtype) if torch.is_autocast_enabled(device.type) else None
     run_dtype = autocast or dtype
     C, P = w_rec_shape[0] // 4, w_proj_shape[0]
