@@ -26,6 +26,13 @@ BUCKET_POOL = 20_000
 CHECKPOINT_SECONDS = 30.0
 # how often freed heap memory goes back to the OS (utils.release_freed_memory): keeps peak RSS flat
 TRIM_SECONDS = 2.0
+#: datasets written before the output is closed and reopened: an open HDF5 file keeps some metadata
+#: of every dataset created in memory until it is closed
+REOPEN_DATASETS = 50_000
+#: HDF5 1.8's file format: its groups (a B-tree and a fractal heap of link names) grow in pieces;
+#: the oldest format's one local heap of names is loaded and regrown whole, so with a million
+#: datasets in one group RSS rose in ~40 MB steps (read by every h5py and HDF5 >= 1.8)
+LIBVER = ("v108", "v108")
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -341,8 +348,10 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
         last_trim = last_save
         k = 0
         saved = (done, sentences, lstm._states)
+        since_open = 0
         try:
-            with h5py.File(part, "a" if state else "w") as f:
+            f = h5py.File(part, "a" if state else "w", libver=LIBVER)
+            try:
                 with embedder.elmo_bilm.word_cache():  # freed before the sentence index is built
                     for k, (rows, force) in enumerate(batches):
                         if k < done:
@@ -355,6 +364,7 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
                                     del f[key]
                                 f.create_dataset(key, data=_layer_output(emb, output_format), dtype="float32")
                                 tokens += len(toks)
+                            since_open += len(rows)
                         sentences += len(rows)
                         saved = (k + 1, sentences, lstm._states if stateful else None)
                         bar.update(len(rows))
@@ -362,7 +372,13 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
                         if time.monotonic() - last_trim > TRIM_SECONDS:
                             release_freed_memory()
                             last_trim = time.monotonic()
-                        if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                        if since_open >= REOPEN_DATASETS:
+                            f.close()  # everything written so far is on disk: the state may point past it
+                            f = h5py.File(part, "a", libver=LIBVER)
+                            since_open = 0
+                            _save_state(state_path, fingerprint, *saved)
+                            last_save = time.monotonic()
+                        elif time.monotonic() - last_save > CHECKPOINT_SECONDS:
                             f.flush()
                             _save_state(state_path, fingerprint, *saved)
                             last_save = time.monotonic()
@@ -371,6 +387,8 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
                         del f["sentence_to_index"]
                     release_freed_memory()  # the cache's slab, before the index's peak
                     _write_sentence_index(f, lines)
+            finally:
+                f.close()
         except BaseException:
             if saved[0] > 0 and os.path.exists(part):
                 try:
@@ -393,7 +411,7 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
     distributed.barrier(dist)
     if rank == 0:
         parts = [f"{output}.partial.rank{r}-of-{world}" for r in range(world)]
-        with h5py.File(final_tmp, "w") as out:
+        with h5py.File(final_tmp, "w", libver=LIBVER) as out:
             for p in parts:
                 with h5py.File(p, "r") as src:
                     for key in src:

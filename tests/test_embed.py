@@ -199,6 +199,38 @@ def test_interrupted_run_leaves_no_output_and_resumes(elmo_dir, sentences_file, 
     _assert_same(full, got)
 
 
+def test_output_reopened_during_a_run_keeps_every_vector_and_resumes(elmo_dir, sentences_file, tmp_path, monkeypatch, capsys):
+    """The part file is closed and reopened every REOPEN_DATASETS datasets (bounded HDF5 metadata in
+    memory); with that every 3 datasets, an interrupted run still resumes to the uninterrupted file,
+    which is written in HDF5 1.8's format (superblock version 2)."""
+    import elmo_fast.embed_hdf5 as eh
+
+    monkeypatch.setattr(eh, "REOPEN_DATASETS", 3)
+    args = ["embed", sentences_file, str(tmp_path / "r.hdf5"), "--batch-size", "2", *_model_args(elmo_dir), "--no-progress"]
+    assert cli_main([*args[:2], str(tmp_path / "full.hdf5"), *args[3:]]) == 0
+    real = embedder_mod.ElmoEmbedder._embed_rows
+    calls = []
+
+    def stop_at_fifth(self, batch, force=False):
+        calls.append(len(batch))
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(self, batch, force)
+
+    monkeypatch.setattr(embedder_mod.ElmoEmbedder, "_embed_rows", stop_at_fifth)
+    assert cli_main(args) == 130
+    assert "stopped after 8 sentences" in capsys.readouterr().err
+    monkeypatch.setattr(embedder_mod.ElmoEmbedder, "_embed_rows", real)
+    assert cli_main([*args, "--resume"]) == 0
+    full, full_index = read_allennlp_hdf5(tmp_path / "full.hdf5")
+    got, index = read_allennlp_hdf5(tmp_path / "r.hdf5")
+    assert index == full_index and len(got) == len(SENTENCES)
+    _assert_same(full, got)
+    with open(tmp_path / "full.hdf5", "rb") as f:
+        head = f.read(9)
+    assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] == 2
+
+
 def test_resume_with_other_settings_is_refused(elmo_dir, sentences_file, tmp_path, monkeypatch, capsys):
     args = ["embed", sentences_file, str(tmp_path / "r.hdf5"), "--batch-size", "2", *_model_args(elmo_dir), "--no-progress"]
     real = embedder_mod.ElmoEmbedder._embed_rows
