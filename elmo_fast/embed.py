@@ -31,7 +31,7 @@ import os
 import numpy as np
 import torch
 
-from .embed_hdf5 import LAYER_MODES, _check_output_path, _layer_output, _scan, read_sentences, write_embeddings
+from .embed_hdf5 import LAYER_MODES, _check_output_path, _layer_output, _scan, read_sentences, request_stop, write_embeddings
 
 __all__ = ["LAYER_MODES", "embed_file", "embed_sentences", "read_sentences", "write_embeddings"]
 
@@ -198,6 +198,7 @@ def _run(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            request_stop(None)
         distributed.teardown(info)
     if info.is_main:
         print(f"wrote {n} sentences to {args.output_file}")
@@ -211,4 +212,4 @@ def threading_main() -> bool:
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    request_stop(signum)  # honoured at the next batch boundary (see embed_hdf5.request_stop)

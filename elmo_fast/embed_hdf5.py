@@ -34,6 +34,18 @@ REOPEN_DATASETS = 50_000
 #: datasets in one group RSS rose in ~40 MB steps (read by every h5py and HDF5 >= 1.8)
 LIBVER = ("v108", "v108")
 
+#: a signal number, set by `request_stop` (a signal handler): the write loop raises KeyboardInterrupt
+#: at the next batch. Raising inside the handler itself can land in a finalizer (h5py's weakref
+#: callbacks), where Python prints the exception and ignores it: the run then went on to the end.
+_stop_signal: int | None = None
+
+
+def request_stop(signum: int | None) -> None:
+    """Ask a running `write_embeddings` to stop after its current batch, keeping what is written
+    (as Ctrl-C does); None withdraws the request."""
+    global _stop_signal
+    _stop_signal = signum
+
 
 # ---------------------------------------------------------------------------------------------- input
 
@@ -367,6 +379,8 @@ def write_embeddings(embedder, input_file, output_file_path, output_format: str 
                             since_open += len(rows)
                         sentences += len(rows)
                         saved = (k + 1, sentences, lstm._states if stateful else None)
+                        if _stop_signal is not None:
+                            raise KeyboardInterrupt(f"signal {_stop_signal}")
                         bar.update(len(rows))
                         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s", refresh=False)
                         if time.monotonic() - last_trim > TRIM_SECONDS:

@@ -231,6 +231,36 @@ def test_output_reopened_during_a_run_keeps_every_vector_and_resumes(elmo_dir, s
     assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] == 2
 
 
+def test_stop_request_ends_the_run_after_its_batch(elmo_dir, sentences_file, tmp_path, monkeypatch, capsys):
+    """SIGTERM's handler only records the signal (an exception raised in a handler can land in a
+    finalizer, where Python ignores it); the loop stops at the end of the batch it was in."""
+    import signal
+
+    from elmo_fast import embed_hdf5 as eh
+
+    real = embedder_mod.ElmoEmbedder._embed_rows
+    calls = []
+
+    def signal_in_third(self, batch, force=False):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            eh.request_stop(signal.SIGTERM)
+        return real(self, batch, force)
+
+    monkeypatch.setattr(embedder_mod.ElmoEmbedder, "_embed_rows", signal_in_third)
+    try:
+        args = ["embed", sentences_file, str(tmp_path / "s.hdf5"), "--batch-size", "2", *_model_args(elmo_dir), "--no-progress"]
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            eh.write_embeddings(embedder_mod.ElmoEmbedder(f"{elmo_dir}/options.json", f"{elmo_dir}/weights.hdf5"),
+                                sentences_file, str(tmp_path / "s.hdf5"), "all", 2, progress=False)
+    finally:
+        eh.request_stop(None)
+    assert len(calls) == 3 and "stopped after 6 sentences" in capsys.readouterr().err
+    monkeypatch.setattr(embedder_mod.ElmoEmbedder, "_embed_rows", real)
+    assert cli_main([*args, "--resume"]) == 0
+    assert len(read_allennlp_hdf5(tmp_path / "s.hdf5")[0]) == len(SENTENCES)
+
+
 def test_resume_with_other_settings_is_refused(elmo_dir, sentences_file, tmp_path, monkeypatch, capsys):
     args = ["embed", sentences_file, str(tmp_path / "r.hdf5"), "--batch-size", "2", *_model_args(elmo_dir), "--no-progress"]
     real = embedder_mod.ElmoEmbedder._embed_rows
